@@ -1,0 +1,67 @@
+"""The config every config file starts from, and its validation.
+
+Config files in `configs/` call `base_config()` and change what their dataset needs, so
+every key exists everywhere and a typo in `--config.key=value` is caught by ml_collections.
+"""
+import ml_collections
+
+from mgr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mgr_jax.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'base'
+  c.seed = 0  # Training seed: init, batch order, augmentation draws.
+  c.num_epochs = 200
+  c.batch_size = 64
+  c.eval_batch_size = 256
+  # Nesterov SGD, lr x lr_decay_factor at each fraction of training in lr_decay_at (§4.1).
+  c.learning_rate = 0.01
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 5e-4
+  c.lr_decay_at = (0.3, 0.6, 0.8)
+  c.lr_decay_factor = 0.1
+  c.progress_bar = True
+  c.checkpoints_to_keep = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'digits'  # digits | tfds:<name> | folder:<path>
+  c.data.image_size = 224
+  c.data.fraction = 1.0  # Share of D kept (the paper's 0.1 / 0.25 / 0.5 / 0.75 / 1.0).
+  c.data.seed = 0  # Data seed: D / D_val split and the fraction subset.
+  c.data.val_ratio = 0.1  # D : D_val = 9 : 1.
+  c.data.test_ratio = 0.2  # Held-out test share for sources without a test split.
+  c.data.data_dir = ''  # TFDS data_dir ('' = TFDS default).
+  c.data.manual_dir = ''  # TFDS manual_dir (only used when preparing).
+  c.data.train_split = 'train'
+  c.data.test_split = 'test'
+  c.data.crop_pad = 4  # Train-time random crop after reflect-padding this many pixels.
+  c.data.flip = True  # Train-time random horizontal flip.
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet18'
+  c.model.width = 1.0  # Channel multiplier (1.0 = torchvision's ResNet-18).
+  c.model.small_stem = False  # 3x3/1 stem without max-pool, for small images.
+  c.model.pretrained = ''  # Directory written by `python -m converters.resnet18`.
+  return c
+
+
+def validate(config) -> None:
+  """Checks values that ml_collections' type checks cannot; raises UserError."""
+  from mgr_jax.methods import METHODS  # Late import: methods import models and data.
+  if config.method not in METHODS:
+    raise UserError(f'Unknown method {config.method!r}. Choose one of: '
+                    f'{", ".join(sorted(METHODS))} (e.g. --config.method=base).')
+  if config.model.name != 'resnet18':
+    raise UserError(f'Unknown model.name {config.model.name!r}; this version has resnet18.')
+  for key in ('num_epochs', 'batch_size', 'eval_batch_size'):
+    if config[key] <= 0:
+      raise UserError(f'{key}={config[key]} must be positive (--config.{key}=...).')
+  if config.data.image_size < 8:
+    raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
+  if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:
+    raise UserError('data.val_ratio must be in [0, 1) and data.test_ratio in (0, 1).')

@@ -1,0 +1,63 @@
+"""Batches for training and evaluation, and the jit-side preprocessing of real images.
+
+Datasets of this project are small, so splits live in memory as uint8 and batches are
+index gathers; decoding-free and far faster than a CPU step. Augmentation and
+normalisation run inside the jitted step (`preprocess`), so the host only gathers bytes.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgr_jax.data.transforms import normalize
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  return max(1, num_examples // batch_size)
+
+
+def epoch_batches(split, batch_size: int, seed: int, epoch: int):
+  """Yields dicts of uint8 images / int32 labels; order depends only on (seed, epoch).
+
+  Drops the last partial batch (fixed shapes, one compilation); a split smaller than
+  one batch is cycled to fill it.
+  """
+  n = len(split)
+  steps = steps_per_epoch(n, batch_size)
+  rng = np.random.default_rng([seed, epoch, 7])
+  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
+  for s in range(steps):
+    idx = order[s * batch_size:(s + 1) * batch_size]
+    yield {'image': split.images[idx], 'label': split.labels[idx]}
+
+
+def eval_batches(split, batch_size: int):
+  """Fixed-size batches covering the split once; `mask` marks the real examples."""
+  n = len(split)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    pad = batch_size - len(idx)
+    idx_padded = np.concatenate([idx, np.zeros(pad, idx.dtype)])
+    yield {'image': split.images[idx_padded], 'label': split.labels[idx_padded],
+           'mask': np.arange(batch_size) < len(idx)}
+
+
+def _random_crop_flip(image, rng, pad: int, flip: bool):
+  """One HWC image: pad-and-crop by up to `pad` pixels (reflect), then maybe flip."""
+  h, w = image.shape[:2]
+  k_crop, k_flip = jax.random.split(rng)
+  if pad > 0:
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+    dy, dx = jax.random.randint(k_crop, (2,), 0, 2 * pad + 1)
+    image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, image.shape[2]))
+  if flip:
+    image = jnp.where(jax.random.bernoulli(k_flip), image[:, ::-1], image)
+  return image
+
+
+def preprocess(images_uint8, rng, *, train: bool, crop_pad: int, flip: bool, mean, std):
+  """uint8 NHWC -> normalised float32; weak train-time augmentation when `train`."""
+  x = images_uint8.astype(jnp.float32) / 255.0
+  if train and (crop_pad > 0 or flip):
+    keys = jax.random.split(rng, x.shape[0])
+    x = jax.vmap(lambda im, k: _random_crop_flip(im, k, crop_pad, flip))(x, keys)
+  return normalize(x, mean, std)

@@ -1,0 +1,173 @@
+"""The MPS hypergradient ∇_φ L_val(θ'(φ)), model-agnostic (DESIGN.md §1, paper Eq. 7-9).
+
+    θ'(φ) = θ − η ∇_θ L_train(θ, φ)                       (Eq. 8, one plain SGD step)
+    hypergradient = ∇_φ L_val(θ'(φ)) = −η ∇²_φθ L_train(θ, φ) · ∇_θ' L_val(θ')
+
+Two modes (static):
+
+- ``'exact'``: jax.grad through the inner step (reverse-over-reverse). Costs memory for the
+  residuals of the inner backward pass; wrap ``train_loss`` in ``jax.checkpoint`` yourself if
+  that is the bottleneck.
+- ``'fd'`` (DARTS, Eq. 9 with the perturbation at θ' as derived in DARTS):
+  v = ∇_θ' L_val(θ');  ε = r / ||v||₂ (r = 0.01, global norm over the pytree);
+  θ± = θ ± ε v;  hypergradient ≈ −η (∇_φ L_train(θ⁺, φ) − ∇_φ L_train(θ⁻, φ)) / (2ε).
+  Only first derivatives; the two φ-gradients are taken as one gradient of the difference.
+
+Everything here is pure and jit-able; ``mode``, ``train_has_aux`` and ``val_has_aux`` must be
+static, ``lr`` may be a traced scalar (the current learning rate of a schedule).
+
+Randomness. ``train_loss`` is evaluated at θ (inner step) and, in ``'fd'`` mode, at θ⁺ and θ⁻.
+All random draws inside it (RandAugment ops, latent z, y_p, dropout) must be identical in those
+evaluations, otherwise the finite difference measures the change of the draws, not of θ. The
+caller therefore closes over *fixed* rng keys / pre-sampled draws; never split a key inside
+``train_loss`` based on a counter or call order.
+
+The meta objective of the paper also has λ_KL · KL(F_φ(z)) (Eq. 11), a direct function of φ that
+does not go through θ'. It is not part of this function: add its gradient to ``hypergrad``.
+
+Sharing work with the real step. ``L_train(θ, φ) = CE(f_θ(x), y) + λ·PCR(θ, φ)``: the real-batch
+CE part does not depend on φ and its gradient at θ is the same in the inner step and in the real
+update. Compute it once and pass it as ``theta_grad_fixed``; ``train_loss`` is then only the
+φ-dependent part (λ·PCR). This also saves, in ``'fd'`` mode, two real-batch forward/backward
+passes at θ± (a φ-independent term has zero φ-gradient). The result is identical to passing the
+full loss.
+
+BatchNorm. Evaluate the classifier in train mode (batch statistics) inside both losses and return
+the updated batch statistics, if you want them, as aux; do not write them anywhere: only the real
+update writes running statistics (DESIGN.md §1).
+"""
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mgr_jax.errors import UserError
+
+PyTree = Any
+MODES = ('exact', 'fd')
+
+
+@flax.struct.dataclass
+class MetaResult:
+  """What one hypergradient computation produces; everything is a primal value (no tracers).
+
+  Attributes:
+    hypergrad: ∇_φ L_val(θ'), same structure as φ (excludes any direct φ term such as KL).
+    val_loss: L_val(θ').
+    val_aux: auxiliary output of ``val_loss`` at θ' (None unless ``val_has_aux``).
+    train_loss: value of ``train_loss(θ, φ)`` (only the φ-dependent part when
+      ``theta_grad_fixed`` is given).
+    train_aux: auxiliary output of ``train_loss`` at (θ, φ) (None unless ``train_has_aux``).
+    theta_grad: ∇_θ L_train(θ, φ), the full inner gradient (theta_grad_fixed included).
+    theta_prime: θ' = θ − η·theta_grad.
+    val_grad: ∇_θ' L_val(θ') in ``'fd'`` mode; None in ``'exact'`` mode (never formed there).
+  """
+  hypergrad: PyTree
+  val_loss: jax.Array
+  val_aux: Any
+  train_loss: jax.Array
+  train_aux: Any
+  theta_grad: PyTree
+  theta_prime: PyTree
+  val_grad: Optional[PyTree] = None
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+  """sqrt of the sum of squares of all leaves."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _split_aux(out, has_aux: bool):
+  return out if has_aux else (out, None)
+
+
+def _axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
+  """y + alpha·x, leafwise, keeping y's dtypes."""
+  return jax.tree_util.tree_map(lambda a, b: (b + alpha * a).astype(b.dtype), x, y)
+
+
+def _inner_step(train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux):
+  """θ' and the pieces around it. Differentiable w.r.t. φ (used inside jax.grad in 'exact')."""
+  loss_fn = lambda t: _split_aux(train_loss(t, phi), train_has_aux)
+  (loss, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+  if theta_grad_fixed is not None:
+    grad = jax.tree_util.tree_map(lambda g, f: g + f.astype(g.dtype), grad, theta_grad_fixed)
+  theta_prime = _axpy(-lr, grad, theta)
+  return theta_prime, grad, loss, aux
+
+
+def hypergradient_with_aux(
+    train_loss: Callable[..., Any],
+    val_loss: Callable[..., Any],
+    theta: PyTree,
+    phi: PyTree,
+    lr,
+    mode: str = 'exact',
+    *,
+    theta_grad_fixed: Optional[PyTree] = None,
+    train_has_aux: bool = False,
+    val_has_aux: bool = False,
+    fd_radius: float = 0.01,
+) -> MetaResult:
+  """∇_φ L_val(θ − η ∇_θ L_train(θ, φ)) plus the by-products a training step reuses.
+
+  Args:
+    train_loss: ``(theta, phi) -> loss`` or ``-> (loss, aux)`` if ``train_has_aux``. With
+      ``theta_grad_fixed`` given, only the φ-dependent part of L_train (e.g. λ·PCR). Must use
+      fixed random draws (see the module docstring).
+    val_loss: ``theta -> loss`` or ``-> (loss, aux)`` if ``val_has_aux``; L_val on a D_val batch.
+    theta: classifier parameters θ (any pytree of float arrays).
+    phi: finder parameters φ (any pytree of float arrays).
+    lr: inner step size η (python float or traced scalar).
+    mode: 'exact' or 'fd' (static).
+    theta_grad_fixed: optional ∇_θ of the φ-independent part of L_train at θ (same structure
+      as θ), e.g. the real-batch CE gradient that the real update reuses.
+    train_has_aux, val_has_aux: whether the losses return ``(loss, aux)`` (static).
+    fd_radius: r in ε = r / ||v||₂ ('fd' only); 0.01 as in DARTS and the paper.
+
+  Returns:
+    A `MetaResult`.
+  """
+  if mode not in MODES:
+    raise UserError(f'Unknown hypergradient mode {mode!r}; use one of {MODES}.')
+
+  if mode == 'exact':
+    def outer(p):
+      theta_prime, grad, tloss, taux = _inner_step(
+          train_loss, theta, p, lr, theta_grad_fixed, train_has_aux)
+      vloss, vaux = _split_aux(val_loss(theta_prime), val_has_aux)
+      return vloss, (vaux, tloss, taux, grad, theta_prime)
+
+    (vloss, (vaux, tloss, taux, grad, theta_prime)), hypergrad = jax.value_and_grad(
+        outer, has_aux=True)(phi)
+    return MetaResult(hypergrad=hypergrad, val_loss=vloss, val_aux=vaux, train_loss=tloss,
+                      train_aux=taux, theta_grad=grad, theta_prime=theta_prime, val_grad=None)
+
+  # 'fd': first-order only.
+  theta_prime, grad, tloss, taux = _inner_step(
+      train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux)
+  val_fn = lambda t: _split_aux(val_loss(t), val_has_aux)
+  (vloss, vaux), v = jax.value_and_grad(val_fn, has_aux=True)(theta_prime)
+  # v = 0 means a zero hypergradient; the floor keeps ε finite so the result is exactly 0.
+  eps = fd_radius / jnp.maximum(global_norm(v), jnp.finfo(jnp.float32).tiny)
+  theta_plus = _axpy(eps, v, theta)
+  theta_minus = _axpy(-eps, v, theta)
+
+  def difference(p):
+    lp = _split_aux(train_loss(theta_plus, p), train_has_aux)[0]
+    lm = _split_aux(train_loss(theta_minus, p), train_has_aux)[0]
+    return lp - lm
+
+  g_diff = jax.grad(difference)(phi)
+  scale = -lr / (2.0 * eps)
+  hypergrad = jax.tree_util.tree_map(lambda d: (scale * d).astype(d.dtype), g_diff)
+  return MetaResult(hypergrad=hypergrad, val_loss=vloss, val_aux=vaux, train_loss=tloss,
+                    train_aux=taux, theta_grad=grad, theta_prime=theta_prime, val_grad=v)
+
+
+def hypergradient(train_loss: Callable[[PyTree, PyTree], jax.Array],
+                  val_loss: Callable[[PyTree], jax.Array],
+                  theta: PyTree, phi: PyTree, lr, mode: str = 'exact') -> PyTree:
+  """∇_φ val_loss(θ − lr·∇_θ train_loss(θ, φ)), a pytree like φ (see `hypergradient_with_aux`)."""
+  return hypergradient_with_aux(train_loss, val_loss, theta, phi, lr, mode).hypergrad

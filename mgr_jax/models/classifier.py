@@ -1,0 +1,83 @@
+"""Build the classifier from config, and open any trained or converted one for inference."""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mgr_jax.data.transforms import normalize, resize_image, to_uint8
+from mgr_jax.errors import UserError
+from mgr_jax.workdir import atomic_write_json, read_json
+from mgr_jax.models.resnet import ResNet18
+
+
+def build_model(model_config, num_classes: int) -> ResNet18:
+  return ResNet18(num_classes=num_classes, width=model_config.width,
+                  small_stem=model_config.small_stem)
+
+
+def variables_template(model, image_size: int):
+  """Shapes/dtypes of {'params', 'batch_stats'} without allocating (restore target)."""
+  from mgr_jax.train.state import init_variables
+  return jax.eval_shape(lambda: init_variables(model, image_size, jax.random.PRNGKey(0)))
+
+
+class Classifier:
+  """A trained classifier in eval mode (BatchNorm running statistics).
+
+  `clf(images)`: NHWC float32 in [0, 1], any size -> logits, resized, rounded to 8 bits and
+  normalised exactly as the training data were. `clf.logits(x)` / `clf.features(x)` take
+  already-normalised NHWC input at any size the network accepts.
+  """
+
+  def __init__(self, model, variables, image_size, mean, std, class_names):
+    self.model, self.variables = model, variables
+    self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+    self.class_names = tuple(class_names)
+    self._logits = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    self._features = jax.jit(lambda v, x: model.apply(v, x, train=False,
+                                                      method=ResNet18.features))
+
+  def preprocess(self, images01) -> np.ndarray:
+    images01 = np.asarray(images01, np.float32)
+    if images01.ndim != 4 or images01.shape[-1] not in (1, 3):
+      raise ValueError(f'Expected NHWC images with 1 or 3 channels, got shape {images01.shape}.')
+    if images01.shape[-1] == 1:
+      images01 = np.repeat(images01, 3, axis=-1)
+    stored = np.stack([to_uint8(resize_image(im, self.image_size)) for im in images01])
+    return normalize(stored.astype(np.float32) / 255.0, self.mean, self.std)
+
+  def __call__(self, images01):
+    return self.logits(self.preprocess(images01))
+
+  def logits(self, x):
+    return self._logits(self.variables, jnp.asarray(x, jnp.float32))
+
+  def features(self, x):
+    return self._features(self.variables, jnp.asarray(x, jnp.float32))
+
+
+def write_classifier_info(directory: str, config, class_names) -> None:
+  """`config.json` + `classes.json`: what `load_classifier` needs besides the weights."""
+  os.makedirs(directory, exist_ok=True)
+  atomic_write_json(os.path.join(directory, 'config.json'), config.to_dict())
+  atomic_write_json(os.path.join(directory, 'classes.json'), list(class_names))
+
+
+def load_classifier(directory: str) -> Classifier:
+  """Opens a workdir of `mgr_jax.main` or a `converters.resnet18` output (best checkpoint)."""
+  from mgr_jax.train import checkpoints
+  hint = (f'{directory!r} is not a classifier directory: pass a workdir of '
+          '`python -m mgr_jax.main` (after at least one epoch) or the --out of '
+          '`python -m converters.resnet18`.')
+  config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json'), hint))
+  class_names = read_json(os.path.join(directory, 'classes.json'), hint)
+  model = build_model(config.model, len(class_names))
+  manager = checkpoints.open_manager(directory)
+  if manager.latest_step() is None:
+    raise UserError(f'{directory!r} has no checkpoint yet. ' + hint)
+  template = variables_template(model, config.data.image_size)
+  best = checkpoints.restore_best(manager, template)
+  return Classifier(model, best, config.data.image_size, config.data.mean, config.data.std,
+                    class_names)

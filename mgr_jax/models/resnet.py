@@ -1,0 +1,89 @@
+"""ResNet-18 with torchvision's structure, names and padding.
+
+Parameter names follow torchvision's state_dict (`conv1`, `bn1`, `layer1_0/conv1`,
+`layer2_0/downsample_conv`, `fc`) so that the converter only translates tensors.
+The classifier is f = h ∘ g: `features` is g (global-average-pooled features), `head` is h.
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torch BatchNorm2d: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
+_BN_KW = dict(momentum=0.9, epsilon=1e-5)
+
+
+class BasicBlock(nn.Module):
+  channels: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name, **_BN_KW)
+    y = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
+                use_bias=False, name='conv1')(x)
+    y = nn.relu(bn('bn1')(y))
+    y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name='conv2')(y)
+    y = bn('bn2')(y)
+    if self.stride != 1 or x.shape[-1] != self.channels:
+      x = nn.Conv(self.channels, (1, 1), (self.stride, self.stride), padding='VALID',
+                  use_bias=False, name='downsample_conv')(x)
+      x = bn('downsample_bn')(x)
+    return nn.relu(x + y)
+
+
+class Backbone(nn.Module):
+  """g: torchvision's resnet18 up to global average pooling."""
+  width: float = 1.0
+  small_stem: bool = False
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+
+  def _channels(self, stage: int) -> int:
+    return max(1, int(round(64 * 2**stage * self.width)))
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c0 = self._channels(0)
+    if self.small_stem:
+      x = nn.Conv(c0, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name='conv1')(x)
+    else:
+      x = nn.Conv(c0, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False, name='conv1')(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, name='bn1', **_BN_KW)(x))
+    if not self.small_stem:
+      # torch pads max-pool with -inf on both sides; 'SAME' would pad asymmetrically.
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(self._channels(stage), stride, name=f'layer{stage + 1}_{block}')(x, train)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class ResNet18(nn.Module):
+  """f = h ∘ g. Params: {'backbone': ψ (g), 'fc': ω (h)}.
+
+  `small_stem` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (small images);
+  `width` multiplies every channel count (1.0 = torchvision's 64-128-256-512).
+  """
+  num_classes: int
+  width: float = 1.0
+  small_stem: bool = False
+
+  def setup(self):
+    self.backbone = Backbone(self.width, self.small_stem)
+    self.fc = nn.Dense(self.num_classes)
+
+  def features(self, x, train: bool = False):
+    """g: NHWC normalised images -> pooled features [N, feature_dim]."""
+    return self.backbone(x, train)
+
+  def head(self, feats):
+    """h: pooled features -> logits."""
+    return self.fc(feats)
+
+  def __call__(self, x, train: bool = False):
+    return self.head(self.features(x, train))
+
+
+def feature_dim(width: float) -> int:
+  return max(1, int(round(512 * width)))

@@ -1,0 +1,1 @@
+"""Training: state, optimiser, checkpoints and the epoch loop."""

@@ -1,0 +1,154 @@
+"""The epoch loop: train, validate every epoch, keep the best-validation model, test it.
+
+Everything a run writes lives in its workdir: config.json, classes.json, metrics.jsonl,
+checkpoints/ and, only at the very end, results.json. Running again on the same workdir
+resumes from the last finished epoch and ends with the same results.
+"""
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from mgr_jax import config as config_lib
+from mgr_jax import data as data_lib
+from mgr_jax.data import pipeline
+from mgr_jax.errors import UserError
+from mgr_jax.methods import METHODS, StepContext, eval_step
+from mgr_jax.models.classifier import build_model, variables_template, write_classifier_info
+from mgr_jax.train import checkpoints
+from mgr_jax.train.state import create_train_state, lr_schedule, make_optimizer
+from mgr_jax.workdir import (append_jsonl, atomic_write_json, config_differences, read_json,
+                             write_jsonl)
+
+
+def evaluate(eval_fn, variables, split, batch_size):
+  """(mean loss, accuracy) over a whole split."""
+  sums = [eval_fn(variables['params'], variables['batch_stats'], b)
+          for b in pipeline.eval_batches(split, batch_size)]
+  total = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
+  return float(total['loss_sum'] / total['count']), float(total['correct'] / total['count'])
+
+
+def check_workdir_config(workdir, config):
+  """Refuses to resume a run made with another config (it would mix two experiments)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  diffs = config_differences(read_json(path, 'remove the workdir and start again.'),
+                             config.to_dict())
+  if diffs:
+    raise UserError(f'Workdir {workdir!r} holds a run with a different config ('
+                    + '; '.join(diffs[:8]) + '). Use a new --workdir for a new experiment, '
+                    'or the same overrides to resume this one.')
+
+
+def load_pretrained(model_config, model, image_size, num_classes):
+  """Backbone (and fc when the class count matches) from a converted classifier dir."""
+  if not model_config.pretrained:
+    return None
+  from mgr_jax.models.classifier import load_classifier
+  source = load_classifier(model_config.pretrained)
+  variables = jax.tree.map(jnp.asarray, variables_template(model, image_size))
+  fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)))
+  params = dict(fresh['params'])
+  params['backbone'] = source.variables['params']['backbone']
+  if len(source.class_names) == num_classes:
+    params['fc'] = source.variables['params']['fc']
+  del variables
+  return {'params': params, 'batch_stats': source.variables['batch_stats']}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  workdir = os.path.abspath(workdir)
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    results = read_json(results_path, 'delete it to train again.')
+    print(f'This run has already finished ({results_path}): test accuracy '
+          f'{results["test_acc"]:.4f}. Nothing to do; use a new --workdir to train again.')
+    return results
+  config_lib.validate(config)
+  check_workdir_config(workdir, config)
+  splits = data_lib.load_splits(config.data)  # Fails on bad data before anything is written.
+  print(f'Data {config.data.source}: D {len(splits.train)}, D_val {len(splits.val)}, '
+        f'test {len(splits.test)} images, {splits.num_classes} classes.')
+
+  model = build_model(config.model, splits.num_classes)
+  steps = pipeline.steps_per_epoch(len(splits.train), config.batch_size)
+  tx = make_optimizer(config, steps)
+  schedule = lr_schedule(config, steps)
+  rng = jax.random.PRNGKey(config.seed)
+  pretrained = load_pretrained(config.model, model, config.data.image_size, splits.num_classes)
+  state = create_train_state(model, tx, config.data.image_size, rng, pretrained)
+  best = {'params': state.params, 'batch_stats': state.batch_stats}
+  progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
+              'train_seconds': 0.0}
+
+  os.makedirs(workdir, exist_ok=True)
+  atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  write_classifier_info(workdir, config, splits.class_names)
+  manager = checkpoints.open_manager(workdir, config.checkpoints_to_keep)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if manager.latest_step() is not None:
+    state, best, progress = checkpoints.restore(manager, state, best)
+    print(f'Resuming from epoch {progress["epoch"]} of {config.num_epochs}.')
+  write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
+
+  ctx = StepContext(model=model, tx=tx, lr_schedule=schedule, crop_pad=config.data.crop_pad,
+                    flip=config.data.flip, mean=tuple(config.data.mean),
+                    std=tuple(config.data.std))
+  train_step = jax.jit(functools.partial(METHODS[config.method], ctx=ctx), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, ctx=ctx))
+  step_rng = jax.random.fold_in(rng, 1)
+
+  for epoch in range(progress['epoch'], config.num_epochs):
+    start = time.time()
+    lr = float(schedule(epoch * steps))
+    sums, count = None, 0
+    bar = tqdm(pipeline.epoch_batches(splits.train, config.batch_size, config.seed, epoch),
+               total=steps, desc=f'epoch {epoch + 1}/{config.num_epochs}', leave=False,
+               disable=not config.progress_bar, dynamic_ncols=True)
+    for batch in bar:
+      state, metrics = train_step(state, batch, step_rng)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      count += 1
+      if count % 10 == 0 or count == steps:
+        shown = jax.device_get(sums)
+        bar.set_postfix(loss=f'{shown["loss"] / count:.3f}',
+                        acc=f'{shown["accuracy"] / count:.3f}')
+    train = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+    if not all(np.isfinite(v) for v in train.values()):
+      raise UserError(f'Training diverged in epoch {epoch + 1}: train metrics {train}. Lower '
+                      '--config.learning_rate (or the method\'s loss weights) and use a new '
+                      'workdir.')
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size)
+    if val_acc > progress['best_val_acc']:
+      best = jax.tree.map(jnp.copy, variables)
+      progress['best_val_acc'], progress['best_epoch'] = val_acc, epoch + 1
+    row = {'epoch': epoch + 1, 'train_loss': train['loss'], 'train_acc': train['accuracy'],
+           **{f'train_{k}': v for k, v in train.items() if k not in ('loss', 'accuracy')},
+           'val_loss': val_loss, 'val_acc': val_acc, 'lr': lr,
+           'seconds': round(time.time() - start, 3)}
+    progress['history'].append(row)
+    progress['epoch'] = epoch + 1
+    progress['train_seconds'] += row['seconds']
+    checkpoints.save(manager, epoch + 1, state, best, progress)
+    append_jsonl(metrics_path, row)
+    print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train loss {train["loss"]:.4f} '
+          f'acc {train["accuracy"]:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  '
+          f'lr {lr:.2g}  {row["seconds"]:.1f}s', flush=True)
+
+  _, test_acc = evaluate(eval_fn, best, splits.test, config.eval_batch_size)
+  results = {'method': config.method, 'seed': config.seed, 'data_source': config.data.source,
+             'data_fraction': config.data.fraction, 'data_seed': config.data.seed,
+             'best_epoch': progress['best_epoch'], 'best_val_acc': progress['best_val_acc'],
+             'test_acc': test_acc, 'num_epochs': config.num_epochs,
+             'wall_seconds': round(progress['train_seconds'], 2)}
+  atomic_write_json(results_path, results)
+  print(f'Test accuracy {test_acc:.4f} (best val acc {progress["best_val_acc"]:.4f} at epoch '
+        f'{progress["best_epoch"]}). Results: {results_path}')
+  return results
