@@ -1,0 +1,36 @@
+"""Shared test setup: 8 forced CPU devices (for sharding tests), tiny configs, paths."""
+import os
+import sys
+
+import jax
+
+# Must run before any JAX computation; single-device code still runs on device 0.
+jax.config.update('jax_num_cpu_devices', 8)
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), 'shared')
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+
+def tiny_overrides(**extra):
+  """CLI overrides that make configs/digits.py train in seconds."""
+  values = {'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,
+            'model.width': 0.125, 'batch_size': 32, 'progress_bar': False}
+  values.update(extra)
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+@pytest.fixture
+def tiny_config():
+  from configs.digits import get_config
+  c = get_config()
+  c.num_epochs = 3
+  c.data.image_size = 16
+  c.data.fraction = 0.25
+  c.model.width = 0.125
+  c.batch_size = 32
+  c.progress_bar = False
+  return c
