@@ -65,3 +65,20 @@ def validate(config) -> None:
     raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
   if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:
     raise UserError('data.val_ratio must be in [0, 1) and data.test_ratio in (0, 1).')
+
+
+def paper_config(source: str) -> ml_collections.ConfigDict:
+  """The paper's fine-grained setting (§4.1): ResNet-18 at 224 px, 200 epochs, batch 64.
+
+  The paper starts from ImageNet weights: convert torchvision's with
+  `python -m converters.resnet18` and pass --config.model.pretrained=DIR.
+  """
+  c = base_config()
+  c.data.source = source
+  c.data.image_size = 224
+  c.data.crop_pad = 16
+  c.data.flip = True
+  c.num_epochs = 200
+  c.learning_rate = 0.01
+  c.batch_size = 64
+  return c
