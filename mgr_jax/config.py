@@ -47,6 +47,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 1.0  # Channel multiplier (1.0 = torchvision's ResNet-18).
   c.model.small_stem = False  # 3x3/1 stem without max-pool, for small images.
   c.model.pretrained = ''  # Directory written by `python -m converters.resnet18`.
+
+  # Synthetic data (every method but base): λ, the synthetic batch, T, the meta step.
+  c.hypergrad = 'fd'  # MPS hypergradient: 'fd' (Eq. 9, first order) or 'exact' (second order).
+  c.synth = ml_collections.ConfigDict()
+  c.synth.lam = 1.0  # λ: weight of the synthetic term (PCR, GDA, ...); the paper grid-searches it.
+  c.synth.lam_kl = 0.01  # λ_KL of the finder's KL penalty (Eq. 11).
+  c.synth.batch_size = 64  # Synthetic samples per step (the paper: 64).
+  c.synth.val_batch_size = 64  # D_val samples per meta step.
+  c.synth.ra_num_ops = 2  # RandAugment N.
+  c.synth.ra_magnitude = 10.0  # RandAugment M on the 0-30 scale (Kornia/torchvision).
+  c.synth.inner_lr = 0.0  # η of the inner step (Eq. 8); 0 = the current learning rate.
+  c.synth.latent_noise_var = 1e-3  # LatentAugment: s ~ N(0, var).
+  c.synth.truncation_psi = 1.0
+  c.finder = ml_collections.ConfigDict()
+  c.finder.arch = 'residual'  # residual (Eq. 10) | linear | mlp | residual_shallow.
+  c.finder.hidden = 0  # MLP width; 0 = the generator's z_dim.
+  c.finder.lr = 1e-4  # Adam (§4.1).
+  c.finder.identity_init = True  # Residual finders start as F(z) = z, i.e. MGR starts as PCR.
+
+  c.distributed = False  # Call jax.distributed.initialize() (multi-process GPU/TPU runs).
   return c
 
 
@@ -63,6 +83,8 @@ def validate(config) -> None:
       raise UserError(f'{key}={config[key]} must be positive (--config.{key}=...).')
   if config.data.image_size < 8:
     raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
+  if config.hypergrad not in ('fd', 'exact'):
+    raise UserError(f'hypergrad={config.hypergrad!r}: use fd or exact.')
   if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:
     raise UserError('data.val_ratio must be in [0, 1) and data.test_ratio in (0, 1).')
 
