@@ -66,6 +66,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.finder.lr = 1e-4  # Adam (§4.1).
   c.finder.identity_init = True  # Residual finders start as F(z) = z, i.e. MGR starts as PCR.
 
+  # The frozen generator G(z, y) of every synthetic-data method. `checkpoint` = a generator
+  # directory (converter output or `python -m mgr_jax.train_generator`); '' = train a
+  # StyleGAN2-ADA on D once, into <workdir>/generator (mgr_jax/train_generator.py).
+  c.generator = ml_collections.ConfigDict()
+  c.generator.checkpoint = ''
+  c.generator.seed = 0  # Own seed: runs with other config.seed values share one generator.
+  c.generator.resolution = 256
+  c.generator.z_dim = 512
+  c.generator.w_dim = 512
+  c.generator.mapping_layers = 2  # G mapping depth (the official 'auto' config: 2).
+  c.generator.d_mapping_layers = 8  # D's label-mapping depth (official default: 8).
+  c.generator.channel_base = 16384  # Channels at resolution r: min(channel_base / r, channel_max).
+  c.generator.channel_max = 512
+  c.generator.conv_clamp = 256.0  # 0 = no clamping.
+  c.generator.mbstd_group_size = 4
+  c.generator.num_steps = 200_000  # Iterations (batch_size real + batch_size fake images each).
+  c.generator.batch_size = 32
+  c.generator.g_lr = 0.0025  # Adam(0, 0.99) as the official.
+  c.generator.d_lr = 0.0025
+  c.generator.r1_gamma = 0.4  # Official 'auto' heuristic 0.0002 * resolution^2 / batch_size.
+  c.generator.r1_interval = 16  # Lazy R1 every this many steps.
+  c.generator.style_mixing_prob = 0.9
+  c.generator.ema_kimg = 10.0  # G_ema half-life in thousands of images.
+  c.generator.ema_rampup = 0.05  # Half-life <= images seen x this (0 = no ramp-up).
+  c.generator.augment = 'bgc'  # ADA pipeline: bgc | bg | blit | geom | color | '' (none).
+  c.generator.ada_target = 0.6  # Target E[sign D(real)]; 0 = fixed p (= ada_p_init).
+  c.generator.ada_p_init = 0.0
+  c.generator.ada_interval = 4  # Adjust p every this many steps...
+  c.generator.ada_kimg = 500.0  # ...by batch * interval / (ada_kimg * 1000) per adjustment.
+  c.generator.log_every = 50  # Steps between metrics.jsonl rows.
+  c.generator.sample_every = 1000  # Steps between sample grids (0 = only the final one).
+  c.generator.checkpoint_every = 1000  # Steps between checkpoints.
+
   c.distributed = False  # Call jax.distributed.initialize() (multi-process GPU/TPU runs).
   return c
 
