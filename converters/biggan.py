@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from mgr_jax.errors import UserError
+from mgr_jax import generators
 from mgr_jax.generators import biggan
 
 _MAX_LISTED = 25
@@ -40,14 +41,8 @@ def _torch_prefix(path):
 
 def _template(kwargs):
   """Shapes of the Flax variables, without allocating them."""
-  import jax
-  import jax.numpy as jnp
   from flax import traverse_util
-  module = biggan.BigGAN(**kwargs)
-  z = jnp.zeros((1, kwargs['z_dim']), jnp.float32)
-  labels = jnp.zeros((1,), jnp.int32)
-  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), z, labels, 1.0))
-  return traverse_util.flatten_dict(shapes)
+  return traverse_util.flatten_dict(biggan.abstract_variables(biggan.BigGAN(**kwargs)))
 
 
 def _plan(kwargs):
@@ -171,9 +166,6 @@ def read_config(path: str) -> dict:
   return config
 
 
-def save(out: str, kwargs: dict, variables) -> None:
-  from mgr_jax.generators import io
-  io.save(out, biggan.KIND, kwargs, variables)
 
 
 def main(argv=None) -> int:
@@ -185,8 +177,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     config = read_config(args.config)
+    biggan.config_kwargs(config)  # Fail on a bad config before reading a large checkpoint.
     kwargs, variables = convert(read_checkpoint(args.src), config)
-    save(args.out, kwargs, variables)
+    generators.save(args.out, biggan.KIND, kwargs, variables,
+                    source={'converter': 'converters.biggan',
+                            'src': os.path.abspath(args.src),
+                            'config': os.path.abspath(args.config)})
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -42,7 +42,10 @@ KIND = 'biggan'
 def check_config(layers, channel_width, attention_layer_position, z_dim, num_classes, n_stats):
   """Raises UserError unless the config describes a generator the package can run."""
   problems = []
-  layers = [tuple(l) for l in layers]
+  if not isinstance(layers, (list, tuple)):
+    raise UserError(f'Invalid BigGAN config: `layers` must be a list of [up_sample, in, out], '
+                    f'got {layers!r}.')
+  layers = [tuple(l) if isinstance(l, (list, tuple)) else (l,) for l in layers]
   if not layers:
     problems.append('`layers` is empty')
   for name, value in (('channel_width', channel_width), ('z_dim', z_dim),
@@ -283,6 +286,37 @@ def config_kwargs(config: dict) -> dict:
   return kwargs
 
 
+def abstract_variables(module: BigGAN):
+  """The variables tree as jax.ShapeDtypeStruct leaves (nothing allocated)."""
+  z = jnp.zeros((1, module.z_dim), jnp.float32)
+  labels = jnp.zeros((1,), jnp.int32)
+  return jax.eval_shape(lambda: module.init(jax.random.key(0), z, labels, 1.0))
+
+
 def truncated_noise(rng, batch_size: int, z_dim: int = 128, truncation: float = 0.4):
   """z as the package's `truncated_noise_sample`: truncation * truncnorm(-2, 2)."""
   return truncation * jax.random.truncated_normal(rng, -2.0, 2.0, (batch_size, z_dim))
+
+
+def generator_def(kwargs):
+  """Registry entry (mgr_jax.generators.io.KINDS['biggan']): kwargs as written by the converter.
+
+  The loaded generator's `truncation_psi` is BigGAN's truncation (which BN-statistics row);
+  z is used as given (sample it with `truncated_noise` for the usual truncation trick).
+  """
+  from mgr_jax.generators.io import GeneratorDef  # pylint: disable=import-outside-toplevel
+  kwargs = config_kwargs(dict(kwargs))
+  module = BigGAN(**kwargs)
+
+  def apply(variables, z, labels=None, truncation_psi=1.0, noise_mode='const', rng=None,
+            truncation=None):
+    del noise_mode, rng  # BigGAN has no noise inputs.
+    if labels is None:
+      raise UserError('BigGAN is class-conditional: pass labels (int class ids [batch] or '
+                      f'class vectors [batch, {module.num_classes}]).')
+    return module.apply(variables, z, labels,
+                        truncation_psi if truncation is None else truncation)
+
+  return GeneratorDef(kwargs=kwargs, z_dim=module.z_dim, num_classes=module.num_classes,
+                      resolution=module.resolution, channels=3, apply=apply,
+                      abstract_variables=lambda: abstract_variables(module), module=module)
