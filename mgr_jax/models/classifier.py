@@ -65,6 +65,20 @@ def write_classifier_info(directory: str, config, class_names) -> None:
   atomic_write_json(os.path.join(directory, 'classes.json'), list(class_names))
 
 
+def save_classifier(directory: str, config, class_names, variables) -> None:
+  """A directory `load_classifier` opens: config/classes JSON + a checkpoint with only 'best'.
+
+  `variables` = {'params', 'batch_stats'} of `build_model(config.model, len(class_names))`.
+  """
+  from mgr_jax.train import checkpoints
+  manager = checkpoints.open_manager(directory, max_to_keep=1)
+  if manager.latest_step() is not None:
+    raise UserError(f'{directory!r} already holds a checkpoint; delete it or choose another '
+                    'directory.')
+  write_classifier_info(directory, config, class_names)
+  checkpoints.save_best_only(manager, 0, jax.tree.map(np.asarray, variables))
+
+
 def load_classifier(directory: str) -> Classifier:
   """Opens a workdir of `mgr_jax.main` or a `converters.resnet18` output (best checkpoint)."""
   from mgr_jax.train import checkpoints

@@ -26,6 +26,12 @@ def save(manager, epoch: int, state, best, progress: dict) -> None:
   manager.wait_until_finished()
 
 
+def save_best_only(manager, step: int, best) -> None:
+  """Only the 'best' item (a converted classifier): enough for `restore_best`, not `restore`."""
+  manager.save(step, args=ocp.args.Composite(best=ocp.args.StandardSave(best)))
+  manager.wait_until_finished()
+
+
 def restore(manager, state_template, best_template):
   """(state, best, progress) of the latest checkpoint."""
   step = manager.latest_step()
