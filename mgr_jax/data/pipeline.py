@@ -54,10 +54,16 @@ def _random_crop_flip(image, rng, pad: int, flip: bool):
   return image
 
 
-def preprocess(images_uint8, rng, *, train: bool, crop_pad: int, flip: bool, mean, std):
-  """uint8 NHWC -> normalised float32; weak train-time augmentation when `train`."""
+def weak_augment(images_uint8, rng, *, crop_pad: int, flip: bool):
+  """uint8 NHWC -> float32 in [0, 1], randomly cropped/flipped per sample (rng=None: neither)."""
   x = images_uint8.astype(jnp.float32) / 255.0
-  if train and (crop_pad > 0 or flip):
+  if rng is not None and (crop_pad > 0 or flip):
     keys = jax.random.split(rng, x.shape[0])
     x = jax.vmap(lambda im, k: _random_crop_flip(im, k, crop_pad, flip))(x, keys)
+  return x
+
+
+def preprocess(images_uint8, rng, *, train: bool, crop_pad: int, flip: bool, mean, std):
+  """uint8 NHWC -> normalised float32; weak train-time augmentation when `train`."""
+  x = weak_augment(images_uint8, rng if train else None, crop_pad=crop_pad, flip=flip)
   return normalize(x, mean, std)

@@ -215,8 +215,14 @@ class LoadedGenerator:
     return self.definition.apply(variables, z, labels, truncation_psi=truncation_psi,
                                  noise_mode=noise_mode, rng=rng)
 
-  def __call__(self, z, labels=None, truncation_psi=1.0, noise_mode='const', rng=None):
-    """Jitted apply with the loaded variables (recompiles per truncation_psi/noise_mode)."""
+  def __call__(self, z, labels=None, truncation_psi=1.0, noise_mode='const', rng=None, *,
+               truncation=None):
+    """Jitted apply with the loaded variables (recompiles per truncation_psi/noise_mode).
+
+    `truncation` is BigGAN's name for the same knob; it overrides `truncation_psi`.
+    """
+    if truncation is not None:
+      truncation_psi = truncation
     return self._jitted(self.variables, z, labels, truncation_psi=float(truncation_psi),
                         noise_mode=noise_mode, rng=rng)
 

@@ -1,11 +1,44 @@
-"""One registry of training methods: `METHODS[config.method]` is a pure step function.
+"""One registry of training methods, selected by `config.method`.
 
-A step has the signature `step(state, batch, rng, *, ctx) -> (state, metrics)`; `ctx` is a
-`StepContext` bound with functools.partial before jit, so each step compiles once.
+Each `Method` names its pure step function (`step(state, batch, rng, gen_vars, *, ctx)`,
+bound to a `StepContext` with functools.partial and jitted once) and what it needs: a
+generator, a D_val batch per step, a finder, a second head.
 """
+import dataclasses
+import functools
+from typing import Callable
+
+from mgr_jax.methods import terms
 from mgr_jax.methods.base import base_step
 from mgr_jax.methods.common import StepContext, eval_step
+from mgr_jax.methods.steps import meta_step, regularized_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  step: Callable
+  uses_generator: bool = True
+  meta: bool = False  # Meta-learns a finder: needs D_val batches and finder state.
+  needs_labels: bool = False  # The term uses y_p: needs a conditional generator.
+  synthetic_head: bool = False  # gda_mh: a second head ω_p ('fc_p').
+
+
+def _regularized(term, **kw):
+  return Method(functools.partial(regularized_step, term=term), **kw)
+
+
+def _meta(term, **kw):
+  return Method(functools.partial(meta_step, term=term), meta=True, **kw)
+
 
 METHODS = {
-    'base': base_step,
+    'base': Method(base_step, uses_generator=False),
+    'gda': _regularized(terms.gda, needs_labels=True),
+    'gda_mh': _regularized(terms.gda_multi_head, needs_labels=True, synthetic_head=True),
+    'gda_ssl': _regularized(terms.uda),
+    'gda_mps': _meta(terms.gda, needs_labels=True),
+    'pcr': _regularized(terms.pcr),
+    'mgr': _meta(terms.pcr),
+    'real_cr': _regularized(terms.real_consistency, uses_generator=False),
+    'latent_augment': _regularized(terms.latent_augment),
 }

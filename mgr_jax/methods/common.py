@@ -1,17 +1,20 @@
-"""Pieces every method's step shares: the static context, losses, the eval step."""
+"""Pieces every method's step shares: the static context, forward passes, the eval step."""
 import dataclasses
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax.data.pipeline import preprocess
+from mgr_jax import augment
+from mgr_jax.data.pipeline import weak_augment
+from mgr_jax.data.transforms import normalize
+from mgr_jax.models.resnet import ResNet18
 
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-  """Everything static a step needs; hashable, bound before jit."""
+  """Everything static a step needs; bound with functools.partial before jit."""
   model: Any  # The Flax classifier (ResNet18).
   tx: optax.GradientTransformation
   lr_schedule: Callable[[Any], Any]
@@ -19,10 +22,41 @@ class StepContext:
   flip: bool
   mean: Tuple[float, ...]
   std: Tuple[float, ...]
+  image_size: int = 32
+  num_classes: int = 0
+  # Synthetic data (None / unused for `base`).
+  generator: Any = None  # mgr_jax.generators.LoadedGenerator: pure `apply(vars, z, y)`.
+  finder: Any = None  # Flax finder module (meta-learning methods).
+  finder_tx: Optional[optax.GradientTransformation] = None
+  lam: float = 1.0
+  lam_kl: float = 0.01
+  synthetic_batch_size: int = 64
+  ra_num_ops: int = 2
+  ra_magnitude: float = 10.0
+  inner_lr: float = 0.0  # 0: the schedule's current learning rate.
+  hypergrad: str = 'fd'
+  latent_noise_var: float = 1e-3
+  truncation_psi: float = 1.0
+
+  def real_inputs01(self, images_uint8, rng):
+    """Weakly augmented real images in [0, 1] (rng=None: no augmentation)."""
+    return weak_augment(images_uint8, rng, crop_pad=self.crop_pad, flip=self.flip)
 
   def real_inputs(self, images_uint8, rng, train: bool = True):
-    return preprocess(images_uint8, rng, train=train, crop_pad=self.crop_pad, flip=self.flip,
-                      mean=self.mean, std=self.std)
+    return self.normalize(self.real_inputs01(images_uint8, rng if train else None))
+
+  def normalize(self, images01):
+    return normalize(images01, self.mean, self.std)
+
+  def generate(self, gen_vars, latents, labels):
+    """x_p = G(latents, y_p) in [-1, 1]; labels are ignored by unconditional generators."""
+    labels = labels if self.generator.num_classes > 0 else None
+    return self.generator.apply(gen_vars, latents, labels, truncation_psi=self.truncation_psi,
+                                noise_mode='const')
+
+  def to_classifier_input(self, images_m11):
+    """Differentiable: generator output -> resized, normalised classifier input."""
+    return augment.resize_and_normalize(images_m11, self.image_size, self.mean, self.std)
 
 
 def cross_entropy(logits, labels):
@@ -38,6 +72,18 @@ def classifier_forward(model, params, batch_stats, x, train: bool = True):
   return logits, updates['batch_stats']
 
 
+def features_forward(model, params, batch_stats, x):
+  """g(x) with batch statistics; the running statistics are not written (synthetic data)."""
+  feats, _ = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                         mutable=['batch_stats'], method=ResNet18.features)
+  return feats
+
+
+def head_forward(model, params, feats, head: str = 'fc'):
+  """h(feats) with the head `head` ('fc' = ω, 'fc_p' = gda_mh's synthetic head ω_p)."""
+  return model.apply({'params': {'fc': params[head]}}, feats, method=ResNet18.head)
+
+
 def eval_step(params, batch_stats, batch, *, ctx: StepContext):
   """Sums of loss and correct predictions over the real (unmasked) examples."""
   x = ctx.real_inputs(batch['image'], None, train=False)
@@ -47,3 +93,12 @@ def eval_step(params, batch_stats, batch, *, ctx: StepContext):
   correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
   return {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
           'count': jnp.sum(mask)}
+
+
+def apply_classifier_update(state, grads, ctx: StepContext):
+  updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+  return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+
+
+def accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)

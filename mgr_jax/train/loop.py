@@ -17,17 +17,17 @@ from mgr_jax import config as config_lib
 from mgr_jax import data as data_lib
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
-from mgr_jax.methods import METHODS, StepContext, eval_step
-from mgr_jax.models.classifier import build_model, variables_template, write_classifier_info
+from mgr_jax.methods import METHODS, eval_step
+from mgr_jax.models.classifier import build_model, write_classifier_info
 from mgr_jax.train import checkpoints
-from mgr_jax.train.state import create_train_state, lr_schedule, make_optimizer
+from mgr_jax.train.setup import build_run, val_batch
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, config_differences, read_json,
                              write_jsonl)
 
 
-def evaluate(eval_fn, variables, split, batch_size):
+def evaluate(eval_fn, variables, split, batch_size, run):
   """(mean loss, accuracy) over a whole split."""
-  sums = [eval_fn(variables['params'], variables['batch_stats'], b)
+  sums = [eval_fn(variables['params'], variables['batch_stats'], run.shard_batch(b))
           for b in pipeline.eval_batches(split, batch_size)]
   total = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
   return float(total['loss_sum'] / total['count']), float(total['correct'] / total['count'])
@@ -46,20 +46,41 @@ def check_workdir_config(workdir, config):
                     'or the same overrides to resume this one.')
 
 
-def load_pretrained(model_config, model, image_size, num_classes):
+def load_pretrained(config, model, num_classes):
   """Backbone (and fc when the class count matches) from a converted classifier dir."""
-  if not model_config.pretrained:
+  if not config.model.pretrained:
     return None
   from mgr_jax.models.classifier import load_classifier
-  source = load_classifier(model_config.pretrained)
-  variables = jax.tree.map(jnp.asarray, variables_template(model, image_size))
-  fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)))
-  params = dict(fresh['params'])
-  params['backbone'] = source.variables['params']['backbone']
-  if len(source.class_names) == num_classes:
-    params['fc'] = source.variables['params']['fc']
-  del variables
-  return {'params': params, 'batch_stats': source.variables['batch_stats']}
+  source = load_classifier(config.model.pretrained).variables
+  fresh = jax.tree.map(jnp.asarray, jax.jit(model.init)(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), 5),
+      jnp.zeros((1, config.data.image_size, config.data.image_size, 3))))
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  if shapes(source['params']['backbone']) != shapes(fresh['params']['backbone']):
+    raise UserError(f'The pretrained backbone in {config.model.pretrained!r} does not fit '
+                    f'model.width={config.model.width}, model.small_stem='
+                    f'{config.model.small_stem}; set them to the converted model\'s values '
+                    '(torchvision ResNet-18: width 1.0, small_stem False).')
+  params = dict(fresh['params'], backbone=source['params']['backbone'])
+  if shapes(source['params']['fc']) == shapes(fresh['params']['fc']):
+    params['fc'] = source['params']['fc']
+  return {'params': params, 'batch_stats': source['batch_stats']}
+
+
+def obtain_generator(config, workdir):
+  """The frozen generator of methods that use one: config.generator.checkpoint, or one
+  trained on D into <workdir>/generator (once; later runs reuse it)."""
+  from mgr_jax import generators
+  if not METHODS[config.method].uses_generator:
+    return None
+  gen_config = config.get('generator')
+  if gen_config is not None and gen_config.get('checkpoint'):
+    return generators.load(gen_config.checkpoint)
+  try:
+    from mgr_jax.train_generator import ensure_generator
+  except ImportError:
+    return None  # build_run explains how to pass a generator.
+  return generators.load(ensure_generator(config, workdir))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -77,12 +98,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f'test {len(splits.test)} images, {splits.num_classes} classes.')
 
   model = build_model(config.model, splits.num_classes)
-  steps = pipeline.steps_per_epoch(len(splits.train), config.batch_size)
-  tx = make_optimizer(config, steps)
-  schedule = lr_schedule(config, steps)
-  rng = jax.random.PRNGKey(config.seed)
-  pretrained = load_pretrained(config.model, model, config.data.image_size, splits.num_classes)
-  state = create_train_state(model, tx, config.data.image_size, rng, pretrained)
+  pretrained = load_pretrained(config, model, splits.num_classes)
+  generator = obtain_generator(config, workdir)
+  run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
+  state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.lr_schedule
   best = {'params': state.params, 'batch_stats': state.batch_stats}
   progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
               'train_seconds': 0.0}
@@ -97,12 +116,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f'Resuming from epoch {progress["epoch"]} of {config.num_epochs}.')
   write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
 
-  ctx = StepContext(model=model, tx=tx, lr_schedule=schedule, crop_pad=config.data.crop_pad,
-                    flip=config.data.flip, mean=tuple(config.data.mean),
-                    std=tuple(config.data.std))
-  train_step = jax.jit(functools.partial(METHODS[config.method], ctx=ctx), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, ctx=ctx))
-  step_rng = jax.random.fold_in(rng, 1)
+  train_step = run.jit_step()
+  eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx))
+  step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
   for epoch in range(progress['epoch'], config.num_epochs):
     start = time.time()
@@ -111,8 +127,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     bar = tqdm(pipeline.epoch_batches(splits.train, config.batch_size, config.seed, epoch),
                total=steps, desc=f'epoch {epoch + 1}/{config.num_epochs}', leave=False,
                disable=not config.progress_bar, dynamic_ncols=True)
-    for batch in bar:
-      state, metrics = train_step(state, batch, step_rng)
+    for i, batch in enumerate(bar):
+      if run.method.meta:
+        batch.update(val_batch(splits.val, config.synth.val_batch_size, config.seed, epoch, i))
+      state, metrics = train_step(state, run.shard_batch(batch), step_rng, run.gen_vars)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
       if count % 10 == 0 or count == steps:
@@ -125,7 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       '--config.learning_rate (or the method\'s loss weights) and use a new '
                       'workdir.')
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size)
+    val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, run)
     if val_acc > progress['best_val_acc']:
       best = jax.tree.map(jnp.copy, variables)
       progress['best_val_acc'], progress['best_epoch'] = val_acc, epoch + 1
@@ -142,7 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f'acc {train["accuracy"]:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  '
           f'lr {lr:.2g}  {row["seconds"]:.1f}s', flush=True)
 
-  _, test_acc = evaluate(eval_fn, best, splits.test, config.eval_batch_size)
+  _, test_acc = evaluate(eval_fn, best, splits.test, config.eval_batch_size, run)
   results = {'method': config.method, 'seed': config.seed, 'data_source': config.data.source,
              'data_fraction': config.data.fraction, 'data_seed': config.data.seed,
              'best_epoch': progress['best_epoch'], 'best_val_acc': progress['best_val_acc'],

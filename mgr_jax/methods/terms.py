@@ -1,0 +1,69 @@
+"""The synthetic-data terms of each method: `term(ctx, params, batch_stats, latents, draws,
+gen_vars) -> scalar`, added to the real cross-entropy with weight λ.
+
+`latents` are z (no finder) or F_φ(z) (meta-learning methods); `draws` holds this step's
+fixed random draws (z, y_p, RandAugment ops, latent noise, the real batch in [0, 1]), so a
+term is a deterministic function of (params, latents): the inner step and θ± of the
+hypergradient see the same randomness (DESIGN.md §1).
+"""
+import jax
+import jax.numpy as jnp
+
+from mgr_jax import augment
+from mgr_jax.methods.common import (classifier_forward, cross_entropy, features_forward,
+                                    head_forward)
+
+
+def feature_gap(ctx, params, batch_stats, a, b):
+  """mean_i ||g(b_i) − g(a_i)||²: one g pass over [a; b] (batch statistics over both)."""
+  feats = features_forward(ctx.model, params, batch_stats,
+                           jnp.concatenate([a, b]))
+  fa, fb = jnp.split(feats, 2)
+  return jnp.mean(jnp.sum(jnp.square(fb - fa), axis=-1))
+
+
+def pcr(ctx, params, batch_stats, latents, draws, gen_vars):
+  """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient."""
+  images = ctx.generate(gen_vars, latents, draws['y'])
+  clean, strong = augment.pcr_views(draws['ra'], images, ctx.image_size, ctx.mean, ctx.std)
+  return feature_gap(ctx, params, batch_stats, clean, strong)
+
+
+def gda(ctx, params, batch_stats, latents, draws, gen_vars):
+  """Eq. 2: cross-entropy on (x_p, y_p) through the whole classifier."""
+  x = ctx.to_classifier_input(ctx.generate(gen_vars, latents, draws['y']))
+  logits, _ = classifier_forward(ctx.model, params, batch_stats, x)
+  return cross_entropy(logits, draws['y'])
+
+
+def gda_multi_head(ctx, params, batch_stats, latents, draws, gen_vars):
+  """GDA through a second head ω_p: g is shared, the main head ω gets no gradient."""
+  x = ctx.to_classifier_input(ctx.generate(gen_vars, latents, draws['y']))
+  feats = features_forward(ctx.model, params, batch_stats, x)
+  return cross_entropy(head_forward(ctx.model, params, feats, 'fc_p'), draws['y'])
+
+
+def uda(ctx, params, batch_stats, latents, draws, gen_vars):
+  """GDA+SSL (UDA): KL(p(y|x_p) || p(y|T(x_p))) on logits, target not back-propagated."""
+  images = ctx.generate(gen_vars, latents, draws['y'])
+  clean, strong = augment.pcr_views(draws['ra'], images, ctx.image_size, ctx.mean, ctx.std)
+  logits, _ = classifier_forward(ctx.model, params, batch_stats, jnp.concatenate([clean, strong]))
+  clean_logits, strong_logits = jnp.split(logits, 2)
+  target = jax.lax.stop_gradient(jax.nn.log_softmax(clean_logits))
+  return jnp.mean(jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(strong_logits)), -1))
+
+
+def latent_augment(ctx, params, batch_stats, latents, draws, gen_vars):
+  """LatentAugment (appendix): ||g(G(z + s)) − g(G(z))||², s ~ N(0, var), no T."""
+  both = ctx.generate(gen_vars, jnp.concatenate([latents, latents + draws['latent_noise']]),
+                      jnp.concatenate([draws['y'], draws['y']]))
+  a, b = jnp.split(ctx.to_classifier_input(both), 2)
+  return feature_gap(ctx, params, batch_stats, a, b)
+
+
+def real_consistency(ctx, params, batch_stats, latents, draws, gen_vars):
+  """Real CR (Table 2): PCR's loss on the real batch, ||g(T(x)) − g(x)||²."""
+  del latents, gen_vars
+  x01 = draws['real01']
+  strong = augment.apply_rand_augment(x01, draws['ra_real'])
+  return feature_gap(ctx, params, batch_stats, ctx.normalize(x01), ctx.normalize(strong))

@@ -1,0 +1,119 @@
+"""Everything a run needs before its first step: model, optimisers, generator, finder, state,
+the static step context, and the device mesh (data parallel over all devices)."""
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mgr_jax import finder as finder_lib
+from mgr_jax.data import pipeline
+from mgr_jax.errors import UserError
+from mgr_jax.methods import METHODS, Method, StepContext
+from mgr_jax.models.classifier import build_model
+from mgr_jax.train.state import TrainState, create_train_state, lr_schedule, make_optimizer
+
+
+@dataclasses.dataclass
+class Run:
+  method: Method
+  ctx: StepContext
+  state: TrainState
+  gen_vars: Any  # Frozen generator variables ({} without a generator), a jit argument.
+  steps_per_epoch: int
+  mesh: Mesh
+
+  @property
+  def batch_sharding(self):
+    return NamedSharding(self.mesh, P('data'))
+
+  @property
+  def replicated(self):
+    return NamedSharding(self.mesh, P())
+
+  def shard_batch(self, batch):
+    """Global batch (the same on every process) -> arrays split over the data axis."""
+    n_proc, index = jax.process_count(), jax.process_index()
+
+    def put(x):
+      local = np.split(x, n_proc)[index] if n_proc > 1 else x
+      return jax.make_array_from_process_local_data(self.batch_sharding, local)
+    return jax.tree.map(put, batch)
+
+  def jit_step(self):
+    return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0)
+
+
+def check_generator(method_name, method, generator, num_classes):
+  if generator is None:
+    raise UserError(f'Method {method_name!r} needs a generator: pass '
+                    '--config.generator.checkpoint=DIR (a directory written by '
+                    '`python -m mgr_jax.train_generator` or a converter).')
+  if method.needs_labels and generator.num_classes != num_classes:
+    raise UserError(
+        f'Method {method_name!r} trains on (x_p, y_p) and needs a conditional generator over '
+        f'the dataset\'s {num_classes} classes, but the generator has '
+        f'{generator.num_classes or "no"} classes. Use a generator trained on this dataset, '
+        'or a method that uses no synthetic labels (pcr, mgr, gda_ssl, latent_augment).')
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  devices = np.array(jax.devices() if devices is None else devices)
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % len(devices):
+      raise UserError(f'{key}={config[key]} must be divisible by the {len(devices)} devices '
+                      'of the data-parallel mesh.')
+  return Mesh(devices, ('data',))
+
+
+def build_run(config, num_classes: int, num_train: int, generator=None, pretrained=None,
+              devices=None) -> Run:
+  """`devices`: the data-parallel mesh (default: every device of every process)."""
+  method = METHODS[config.method]
+  if method.uses_generator:
+    check_generator(config.method, method, generator, num_classes)
+  else:
+    generator = None  # `base` and `real_cr` never call a generator.
+  mesh = make_mesh(config, devices)
+  model = build_model(config.model, num_classes)
+  steps = pipeline.steps_per_epoch(num_train, config.batch_size)
+  tx = make_optimizer(config, steps)
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_train_state(model, tx, config.data.image_size, rng, pretrained)
+  if method.synthetic_head:  # gda_mh's ω_p: a second head like ω, its own init.
+    fresh = create_train_state(model, tx, config.data.image_size, jax.random.fold_in(rng, 3))
+    params = dict(state.params, fc_p=fresh.params['fc'])
+    state = state.replace(params=params, opt_state=tx.init(params))
+  finder = finder_tx = None
+  if method.meta:
+    finder = finder_lib.make_finder(config.finder.arch, generator.z_dim,
+                                    config.finder.hidden or None,
+                                    zero_init_last=config.finder.identity_init)
+    finder_tx = finder_lib.finder_optimizer(config.finder.lr)
+    phi = finder.init(jax.random.fold_in(rng, 2), jnp.zeros((1, generator.z_dim)))['params']
+    state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
+  ctx = StepContext(
+      model=model, tx=tx, lr_schedule=lr_schedule(config, steps),
+      crop_pad=config.data.crop_pad, flip=config.data.flip, mean=tuple(config.data.mean),
+      std=tuple(config.data.std), image_size=config.data.image_size,
+      num_classes=(generator.num_classes if generator is not None else 0),
+      generator=generator, finder=finder, finder_tx=finder_tx, lam=config.synth.lam,
+      lam_kl=config.synth.lam_kl, synthetic_batch_size=config.synth.batch_size,
+      ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
+      inner_lr=config.synth.inner_lr, hypergrad=config.hypergrad,
+      latent_noise_var=config.synth.latent_noise_var,
+      truncation_psi=config.synth.truncation_psi)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
+  gen_vars = jax.device_put(generator.variables, replicated) if generator is not None else {}
+  return Run(method=method, ctx=ctx, state=state, gen_vars=gen_vars, steps_per_epoch=steps,
+             mesh=mesh)
+
+
+def val_batch(split, size: int, seed: int, epoch: int, step: int):
+  """A D_val batch for the meta step; depends only on (seed, epoch, step)."""
+  idx = np.random.default_rng([seed, epoch, step, 11]).integers(0, len(split), size)
+  return {'val_image': split.images[idx], 'val_label': split.labels[idx]}

@@ -1,0 +1,143 @@
+"""Every method's step: what it changes, what gets gradient, generator use, sharding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tiny_generator import TinyGenerator
+from mgr_jax.data import load_splits
+from mgr_jax.methods import METHODS, terms
+from mgr_jax.methods.steps import draw_synthetic
+from mgr_jax.train.setup import build_run, val_batch
+
+META = {'gda_mps', 'mgr'}
+
+
+def _config(tiny_config, method):
+  c = tiny_config
+  c.method = method
+  c.batch_size, c.eval_batch_size = 16, 16
+  c.synth.batch_size, c.synth.val_batch_size = 8, 8
+  return c
+
+
+@pytest.fixture(scope='module')
+def splits():
+  from configs.digits import get_config
+  c = get_config()
+  c.data.image_size, c.data.fraction = 16, 0.25
+  return load_splits(c.data)
+
+
+def _batch(run, splits, n=16):
+  b = {'image': splits.train.images[:n], 'label': splits.train.labels[:n]}
+  if run.method.meta:
+    b.update(val_batch(splits.val, 8, 0, 0, 0))
+  return b
+
+
+def _changed(a, b):
+  return jax.tree.map(lambda x, y: not np.array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+@pytest.fixture(scope='module')
+def one_step_per_method(splits):
+  """method -> (state before, state after, metrics, generator calls)."""
+  from configs.digits import get_config
+  out = {}
+  for method in METHODS:
+    c = get_config()
+    c.data.image_size, c.data.fraction, c.model.width = 16, 0.25, 0.125
+    c = _config(c, method)
+    gen = TinyGenerator()
+    run = build_run(c, splits.num_classes, len(splits.train), gen, devices=jax.devices()[:1])
+    before = jax.tree.map(np.asarray, run.state)
+    after, metrics = run.jit_step()(run.state, run.shard_batch(_batch(run, splits)),
+                                    jax.random.PRNGKey(0), run.gen_vars)
+    out[method] = (before, jax.tree.map(np.asarray, after), jax.device_get(metrics), gen.calls)
+  return out
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_one_step_changes_what_it_should(one_step_per_method, method):
+  before, after, metrics, calls = one_step_per_method[method]
+  assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
+  assert int(after.step) == 1
+  # The classifier always learns from the real batch: every ψ and ω tensor moves.
+  assert all(jax.tree.leaves(_changed(before.params['backbone'], after.params['backbone'])))
+  assert all(jax.tree.leaves(_changed(before.params['fc'], after.params['fc'])))
+  assert all(jax.tree.leaves(_changed(before.batch_stats, after.batch_stats)))
+  # ω_p exists (and learns) only in gda_mh.
+  assert ('fc_p' in after.params) == (method == 'gda_mh')
+  if method == 'gda_mh':
+    assert all(jax.tree.leaves(_changed(before.params['fc_p'], after.params['fc_p'])))
+  # The finder exists and changes only in the meta-learning methods.
+  if method in META:
+    # The finder starts as the identity (zero last layer): on the first step only that
+    # layer can receive gradient, and it must.
+    assert jax.tree.leaves(after.finder_params)
+    assert any(jax.tree.leaves(_changed(before.finder_params, after.finder_params)))
+    assert metrics['kl'] >= 0 and np.isfinite(metrics['val_loss_inner'])
+  else:
+    assert not jax.tree.leaves(after.finder_params)
+  # base and real_cr never call the generator; every other method does.
+  assert (calls > 0) == (method not in ('base', 'real_cr'))
+
+
+def _term_grads(term, splits, tiny_config, method):
+  c = _config(tiny_config, method)
+  gen = TinyGenerator()
+  run = build_run(c, splits.num_classes, len(splits.train), gen, devices=jax.devices()[:1])
+  real01 = run.ctx.real_inputs01(splits.train.images[:16], None)
+  draws = draw_synthetic(run.ctx, jax.random.PRNGKey(1), real01)
+  fn = lambda p: term(run.ctx, p, run.state.batch_stats, draws['z'], draws, run.gen_vars)
+  return jax.grad(fn)(run.state.params)
+
+
+def _all_zero(tree):
+  return all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(tree))
+
+
+def test_pcr_sends_exactly_zero_gradient_to_head(splits, tiny_config):
+  grads = _term_grads(terms.pcr, splits, tiny_config, 'pcr')
+  assert _all_zero(grads['fc'])
+  assert not _all_zero(grads['backbone'])
+
+
+def test_gda_mh_synthetic_loss_skips_main_head(splits, tiny_config):
+  grads = _term_grads(terms.gda_multi_head, splits, tiny_config, 'gda_mh')
+  assert _all_zero(grads['fc'])
+  assert not _all_zero(grads['fc_p']) and not _all_zero(grads['backbone'])
+
+
+def test_gda_trains_head_on_synthetic_labels(splits, tiny_config):
+  grads = _term_grads(terms.gda, splits, tiny_config, 'gda')
+  assert not _all_zero(grads['fc']) and not _all_zero(grads['backbone'])
+
+
+def test_methods_with_labels_refuse_unconditional_generator(splits, tiny_config):
+  from mgr_jax.errors import UserError
+  c = _config(tiny_config, 'gda')
+  with pytest.raises(UserError, match='conditional generator'):
+    build_run(c, splits.num_classes, len(splits.train), TinyGenerator(num_classes=0),
+              devices=jax.devices()[:1])
+  c.method = 'pcr'
+  with pytest.raises(UserError, match='needs a generator'):
+    build_run(c, splits.num_classes, len(splits.train), None, devices=jax.devices()[:1])
+
+
+def test_sharded_mgr_step_equals_single_device(splits, tiny_config):
+  assert len(jax.devices()) == 8
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    c = _config(tiny_config, 'mgr')
+    run = build_run(c, splits.num_classes, len(splits.train), TinyGenerator(), devices=devices)
+    batch = run.shard_batch(_batch(run, splits))
+    assert len(batch['image'].sharding.device_set) == len(devices)
+    state, metrics = run.jit_step()(run.state, batch, jax.random.PRNGKey(0), run.gen_vars)
+    results.append((jax.tree.map(np.asarray, state), jax.device_get(metrics)))
+  (single, m1), (sharded, m8) = results
+  for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5)
