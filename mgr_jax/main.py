@@ -35,6 +35,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   from mgr_jax.train.loop import train_and_evaluate  # After flag parsing: a fast --help.
+  if _CONFIG.value.distributed:
+    import jax
+    jax.distributed.initialize()  # Coordinator and process ids from the cluster environment.
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except UserError as e:
