@@ -1,0 +1,117 @@
+"""Step-time and memory benchmark of base, pcr, mgr (fd) and mgr (exact) at one shape.
+
+  python -m experiments.bench_step --config=configs/digits.py [--json] [--steps=20]
+      [--config.batch_size=64 --config.generator.checkpoint=DIR ...]
+
+Each method's step is compiled once, run `--warmup` times, then timed `--steps` times
+(median, blocking on the result). Peak memory is XLA's own estimate for the compiled step
+(arguments + outputs + temporaries − donated aliases). Without --config.generator.checkpoint a
+randomly initialised StyleGAN2-ADA of the config's generator architecture stands in (same
+cost as a trained one). The data are random images of the config's shape.
+"""
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mgr_jax import generators
+from mgr_jax.generators import stylegan2
+from mgr_jax.train.setup import build_run
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per method.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
+
+VARIANTS = (('base', 'base', 'fd'), ('pcr', 'pcr', 'fd'), ('mgr_fd', 'mgr', 'fd'),
+            ('mgr_exact', 'mgr', 'exact'))
+
+
+def random_stylegan2(gen_config, num_classes: int, seed: int = 0):
+  """A LoadedGenerator-like StyleGAN2-ADA with random weights of the configured shape."""
+  kwargs = {'z_dim': gen_config.z_dim, 'c_dim': num_classes, 'w_dim': gen_config.w_dim,
+            'img_resolution': gen_config.resolution, 'img_channels': 3,
+            'mapping_kwargs': {'num_layers': gen_config.mapping_layers},
+            'synthesis_kwargs': {'channel_base': gen_config.channel_base,
+                                 'channel_max': gen_config.channel_max, 'num_fp16_res': 0,
+                                 'conv_clamp': gen_config.conv_clamp or None}}
+  gdef = generators.generator_def('stylegan2', kwargs)
+  rng = np.random.default_rng(seed)
+  variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32) * 0.1,
+                           stylegan2.abstract_variables(gdef.module))
+  return generators.LoadedGenerator('stylegan2', gdef, variables)
+
+
+def peak_bytes(compiled) -> int:
+  m = compiled.memory_analysis()
+  if m is None:
+    return -1
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def bench(config, name, method, mode, generator, batch):
+  config = config.copy_and_resolve_references()
+  config.method, config.hypergrad = method, mode
+  run = build_run(config, _NUM_CLASSES.value, 10 * config.batch_size, generator)
+  step = run.jit_step()
+  rng = jax.random.PRNGKey(0)
+  args = (run.state, run.shard_batch(batch), rng, run.gen_vars)
+  compiled = step.lower(*args).compile()
+  state = run.state
+  times = []
+  for i in range(_WARMUP.value + _STEPS.value):
+    start = time.perf_counter()
+    state, metrics = step(state, args[1], rng, run.gen_vars)
+    jax.block_until_ready((state, metrics))
+    if i >= _WARMUP.value:
+      times.append(time.perf_counter() - start)
+  # One compilation for the AOT lowering plus one for the calls; nothing after step one.
+  return statistics.median(times), peak_bytes(compiled), step._cache_size()
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  n, size = config.batch_size, config.data.image_size
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+           'label': rng.integers(0, _NUM_CLASSES.value, n).astype(np.int32),
+           'val_image': rng.integers(0, 256, (config.synth.val_batch_size, size, size, 3),
+                                     dtype=np.uint8),
+           'val_label': rng.integers(0, _NUM_CLASSES.value,
+                                     config.synth.val_batch_size).astype(np.int32)}
+  if config.generator.checkpoint:
+    generator = generators.load(config.generator.checkpoint)
+  else:
+    generator = random_stylegan2(config.generator, _NUM_CLASSES.value)
+  seconds, peak, compiles = {}, {}, {}
+  for name, method, mode in VARIANTS:
+    step_batch = batch if method == 'mgr' else {k: batch[k] for k in ('image', 'label')}
+    seconds[name], peak[name], compiles[name] = bench(config, name, method, mode, generator,
+                                                      step_batch)
+  ratios = {'mgr_fd/pcr': seconds['mgr_fd'] / seconds['pcr'],
+            'mgr_exact/mgr_fd': seconds['mgr_exact'] / seconds['mgr_fd'],
+            'pcr/base': seconds['pcr'] / seconds['base']}
+  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+  if _JSON.value:
+    print(json.dumps({'step_seconds': seconds, 'ratios': ratios, 'peak_bytes': peak,
+                      'device': device}))
+    return
+  print(f'device: {device}; batch {n} real + {config.synth.batch_size} synthetic at {size} px; '
+        f'ResNet-18 width {config.model.width}; generator {generator.resolution} px, '
+        f'z_dim {generator.z_dim}')
+  print(f'{"method":<10} {"median step (s)":>16} {"peak memory (MiB)":>18} {"compilations":>13}')
+  for name, *_ in VARIANTS:
+    print(f'{name:<10} {seconds[name]:>16.4f} {peak[name] / 2**20:>18.1f} {compiles[name]:>13}')
+  for key, value in ratios.items():
+    print(f'{key:<18} {value:.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
