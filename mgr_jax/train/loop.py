@@ -107,14 +107,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
               'train_seconds': 0.0}
 
   os.makedirs(workdir, exist_ok=True)
-  atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  write_classifier_info(workdir, config, splits.class_names)
+  lead = jax.process_index() == 0  # In multi-process runs one process writes the files.
+  if lead:
+    atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    write_classifier_info(workdir, config, splits.class_names)
   manager = checkpoints.open_manager(workdir, config.checkpoints_to_keep)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
     state, best, progress = checkpoints.restore(manager, state, best)
     print(f'Resuming from epoch {progress["epoch"]} of {config.num_epochs}.')
-  write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
+  if lead:
+    write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
 
   train_step = run.jit_step()
   eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx))
@@ -155,7 +158,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress['epoch'] = epoch + 1
     progress['train_seconds'] += row['seconds']
     checkpoints.save(manager, epoch + 1, state, best, progress)
-    append_jsonl(metrics_path, row)
+    if lead:
+      append_jsonl(metrics_path, row)
     print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train loss {train["loss"]:.4f} '
           f'acc {train["accuracy"]:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  '
           f'lr {lr:.2g}  {row["seconds"]:.1f}s', flush=True)
@@ -166,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
              'best_epoch': progress['best_epoch'], 'best_val_acc': progress['best_val_acc'],
              'test_acc': test_acc, 'num_epochs': config.num_epochs,
              'wall_seconds': round(progress['train_seconds'], 2)}
-  atomic_write_json(results_path, results)
+  if lead:
+    atomic_write_json(results_path, results)
   print(f'Test accuracy {test_acc:.4f} (best val acc {progress["best_val_acc"]:.4f} at epoch '
         f'{progress["best_epoch"]}). Results: {results_path}')
   return results
