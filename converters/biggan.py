@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from converters.torch_state_dict import read_state_dict
 from mgr_jax.errors import UserError
 from mgr_jax import generators
 from mgr_jax.generators import biggan
@@ -137,21 +138,9 @@ def convert(state_dict, config: dict):
 
 
 def read_checkpoint(path: str):
-  """{name: numpy array} from a torch state_dict file, without executing pickled code."""
-  import torch
-  if not os.path.isfile(path):
-    raise UserError(f'--src {path} is not a file. Pass the pytorch_model.bin of a '
-                    'pytorch-pretrained-BigGAN model (e.g. biggan-deep-128-pytorch_model.bin).')
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'Could not read {path} with torch.load(weights_only=True): {e}. Pass a '
-                    'state_dict saved with torch.save (pytorch-pretrained-BigGAN\'s '
-                    'pytorch_model.bin); pickles that need code to load are refused.') from e
-  if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-    raise UserError(f'{path} is not a state_dict (a mapping from names to tensors), got '
-                    f'{type(obj).__name__}. Pass pytorch-pretrained-BigGAN\'s pytorch_model.bin.')
-  return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+  """{name: numpy array} from pytorch-pretrained-BigGAN's pytorch_model.bin."""
+  return read_state_dict(path, 'Pass the pytorch_model.bin of a pytorch-pretrained-BigGAN model '
+                         '(e.g. biggan-deep-128-pytorch_model.bin).')
 
 
 def read_config(path: str) -> dict:

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from converters.torch_state_dict import read_state_dict
 from mgr_jax.errors import UserError
 
 _MAX_LISTED = 25
@@ -151,21 +152,9 @@ def fresh_fc(num_classes: int, seed: int):
 
 
 def read_checkpoint(path: str):
-  """{name: numpy array} from a torch state_dict file, without executing pickled code."""
-  import torch
-  if not os.path.isfile(path):
-    raise UserError(f'--src {path} is not a file. Pass a torchvision resnet18 state_dict '
-                    '(e.g. resnet18-f37072fd.pth).')
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'Could not read {path} with torch.load(weights_only=True): {e}. Pass a '
-                    'state_dict saved with torch.save(model.state_dict(), ...); pickles that '
-                    'need code to load are refused.') from e
-  if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-    raise UserError(f'{path} is not a state_dict (a mapping from names to tensors), got '
-                    f'{type(obj).__name__}. Save it with torch.save(model.state_dict(), ...).')
-  return {k: v.detach().cpu().float().numpy() for k, v in obj.items()}
+  """{name: numpy array} from a torchvision resnet18 state_dict file."""
+  return read_state_dict(path, 'Pass a torchvision resnet18 state_dict saved with '
+                         'torch.save(model.state_dict(), ...) (e.g. resnet18-f37072fd.pth).')
 
 
 def classifier_config(image_size: int):

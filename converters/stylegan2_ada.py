@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from converters import safe_pickle
+from converters.torch_state_dict import read_state_dict
 from mgr_jax.errors import UserError
 from mgr_jax.generators import io as gen_io
 from mgr_jax.generators import stylegan2
@@ -80,23 +81,8 @@ def _sha256(path):
 
 
 def _read_torch_state_dict(path: str, key: str) -> Dict[str, np.ndarray]:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError('Reading a .pt/.pth state_dict needs torch (pip install torch); a '
-                    'snapshot .pkl does not.') from e
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # torch raises many types for unreadable / unsafe files.
-    raise UserError(f'{path} cannot be read with torch.load(weights_only=True): '
-                    f'{type(e).__name__}: {str(e)[:500]}. Save the generator with '
-                    'torch.save(G_ema.state_dict(), path).') from e
-  if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-    obj = obj[key]
-  if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-    raise UserError(f'{path} does not hold a state_dict (a dict of tensors), nor a dict with '
-                    f'a state_dict under {key!r}.')
-  return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+  return read_state_dict(path, 'Save the generator with torch.save(G_ema.state_dict(), path).',
+                         key=key)
 
 
 def read_source(src: str, key: str = 'G_ema', kwargs_path: Optional[str] = None):
