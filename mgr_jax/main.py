@@ -10,24 +10,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mgr_jax.cli import parse_flags
 from mgr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, results.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def parse_flags(argv):
-  """absl parsing, with a one-paragraph error for a --config.key that does not exist."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    bad = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    print(f'Error: unknown config key ({e}) among {", ".join(bad)}. Every key must exist in '
-          'the config file; see configs/*.py and mgr_jax/config.py:base_config for the keys '
-          '(e.g. --config.data.fraction=0.1, --config.model.width=0.5).', file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv):

@@ -159,3 +159,21 @@ def test_synthetic_method_end_to_end(tmp_path, method):
   assert results['method'] == method and len(rows) == 1
   assert np.isfinite(rows[0]['train_synthetic']) and rows[0]['train_synthetic'] > 0
   assert 'train_kl' in rows[0] and 'train_val_loss_inner' in rows[0]
+
+
+def test_compare_runs_methods_and_seeds_and_summarizes(tmp_path):
+  import statistics
+  workdir = tmp_path / 'cmp'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.compare', '--config=configs/digits.py',
+       f'--workdir={workdir}', '--methods=base', '--seeds=0,1', *tiny_overrides(num_epochs=1)],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  accs = [100 * json.load(open(workdir / f'base_seed{s}' / 'results.json'))['test_acc']
+          for s in (0, 1)]
+  assert accs[0] != accs[1]  # Seeds differ (init, batch order), data split does not.
+  (row,) = json.load(open(workdir / 'summary.json'))['rows']
+  assert row['runs'] == 2 and row['seeds'] == [0, 1]
+  assert abs(row['test_acc_mean'] - statistics.fmean(accs)) < 1e-9
+  assert abs(row['test_acc_std'] - statistics.stdev(accs)) < 1e-9
+  assert f'{statistics.fmean(accs):6.2f} ± {statistics.stdev(accs):.2f}' in proc.stdout

@@ -1,0 +1,81 @@
+"""Methods x seeds on one config, one generator, and a table of test accuracy (mean ± std).
+
+  python -m experiments.compare --config=configs/digits.py --workdir=runs/digits \
+      --methods=base,mgr [--seeds=0,1,2] [--config.data.fraction=0.1 ...]
+
+Each (method, seed) run lives in <workdir>/<method>_seed<k> and resumes like `mgr_jax.main`
+(finished runs are read, not retrained). Methods that use a generator share one: the
+--config.generator.checkpoint given, or one trained on D once into <workdir>/generator.
+The table is written to <workdir>/summary.json as well.
+"""
+import json
+import os
+import statistics
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mgr_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the runs.')
+_METHODS = flags.DEFINE_list('methods', ['base', 'mgr'], 'Methods to compare.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Training seeds (the data split is fixed by data.seed).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def summarize(results_by_method):
+  """{method: [results]} -> rows of (method, n, mean, std) of test accuracy in %."""
+  rows = []
+  for method, results in results_by_method.items():
+    accs = [100.0 * r['test_acc'] for r in results]
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    rows.append({'method': method, 'runs': len(accs), 'test_acc_mean': statistics.fmean(accs),
+                 'test_acc_std': std, 'seeds': [r['seed'] for r in results]})
+  return rows
+
+
+def compare(config, workdir, methods, seeds):
+  from mgr_jax.methods import METHODS
+  from mgr_jax.train.loop import train_and_evaluate
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise UserError(f'Unknown methods {unknown}; choose from {", ".join(sorted(METHODS))}.')
+  if any(METHODS[m].uses_generator for m in methods) and not config.generator.checkpoint:
+    from mgr_jax.train_generator import ensure_generator
+    config.generator.checkpoint = ensure_generator(config, workdir)
+  results = {}
+  for method in methods:
+    for seed in seeds:
+      run_config = config.copy_and_resolve_references()
+      run_config.method, run_config.seed = method, seed
+      if not METHODS[method].uses_generator:
+        run_config.generator.checkpoint = ''  # Not used; keeps base runs' configs generic.
+      print(f'=== {method}, seed {seed}', flush=True)
+      results.setdefault(method, []).append(
+          train_and_evaluate(run_config, os.path.join(workdir, f'{method}_seed{seed}')))
+  rows = summarize(results)
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump({'data': config.data.to_dict(), 'rows': rows}, f, indent=2, default=list)
+  print(f'\n{config.data.source}, fraction {config.data.fraction}: test accuracy (%)')
+  for row in rows:
+    print(f'  {row["method"]:<16} {row["test_acc_mean"]:6.2f} ± {row["test_acc_std"]:.2f}  '
+          f'({row["runs"]} seed{"s" if row["runs"] > 1 else ""})')
+  return rows
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value,
+            [int(s) for s in _SEEDS.value])
+  except UserError as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  from mgr_jax.cli import parse_flags
+  app.run(main, flags_parser=parse_flags)
