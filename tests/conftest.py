@@ -17,7 +17,7 @@ if REPO not in sys.path:
 
 def tiny_overrides(**extra):
   """CLI overrides that make configs/digits.py train in seconds."""
-  values = {'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,
+  values = {'method': 'base', 'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,
             'model.width': 0.125, 'batch_size': 32, 'progress_bar': False}
   values.update(extra)
   return [f'--config.{k}={v}' for k, v in values.items()]
@@ -27,6 +27,7 @@ def tiny_overrides(**extra):
 def tiny_config():
   from configs.digits import get_config
   c = get_config()
+  c.method = 'base'
   c.num_epochs = 3
   c.data.image_size = 16
   c.data.fraction = 0.25
