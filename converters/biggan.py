@@ -18,19 +18,10 @@ import sys
 
 import numpy as np
 
-from converters.torch_state_dict import read_state_dict
+from converters.torch_state_dict import listing, mismatches, read_state_dict
 from mgr_jax.errors import UserError
 from mgr_jax import generators
 from mgr_jax.generators import biggan
-
-_MAX_LISTED = 25
-
-
-def _listing(keys):
-  keys = sorted(keys)
-  shown = ', '.join(keys[:_MAX_LISTED])
-  return shown + (f', ... and {len(keys) - _MAX_LISTED} more' if len(keys) > _MAX_LISTED else '')
-
 
 def _torch_prefix(path):
   """('layers_3', 'bn_1', 'scale') -> 'generator.layers.3.bn_1.scale'."""
@@ -96,20 +87,8 @@ def convert(state_dict, config: dict):
   plan = _plan(kwargs)
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
   expected = {k: s for _, wanted, _ in plan for k, s in wanted.items()}
-  missing = set(expected) - set(sd)
-  unexpected = set(sd) - set(expected)
-  wrong = [f'{k}: {tuple(sd[k].shape)} in the checkpoint, {expected[k]} expected'
-           for k in sorted(set(expected) & set(sd)) if tuple(sd[k].shape) != expected[k]]
-  if missing or unexpected or wrong:
-    parts = []
-    if missing:
-      parts.append(f'missing keys ({len(missing)}): {_listing(missing)}')
-    if unexpected:
-      parts.append(f'unexpected keys ({len(unexpected)}): {_listing(unexpected)}')
-    if wrong:
-      parts.append(f'shape mismatches ({len(wrong)}): ' + '; '.join(wrong[:_MAX_LISTED])
-                   + (f'; ... and {len(wrong) - _MAX_LISTED} more' if len(wrong) > _MAX_LISTED
-                      else ''))
+  parts, _ = mismatches(expected, sd)
+  if parts:
     raise UserError('The BigGAN checkpoint does not match its config: ' + '; '.join(parts)
                     + '. Pass the config.json that belongs to this pytorch_model.bin '
                     '(biggan-deep-128, -256 and -512 each have their own), and a state_dict '
@@ -133,7 +112,7 @@ def convert(state_dict, config: dict):
   bad = [k for k, v in flat.items() if not np.all(np.isfinite(v))]
   if bad:
     raise UserError('The BigGAN checkpoint holds non-finite values in: '
-                    + _listing('/'.join(k) for k in bad) + '. Re-download the checkpoint.')
+                    + listing('/'.join(k) for k in bad) + '. Re-download the checkpoint.')
   return kwargs, traverse_util.unflatten_dict(flat)
 
 

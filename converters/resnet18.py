@@ -20,10 +20,9 @@ import sys
 
 import numpy as np
 
-from converters.torch_state_dict import read_state_dict
+from converters.torch_state_dict import listing, mismatches, read_state_dict
 from mgr_jax.errors import UserError
 
-_MAX_LISTED = 25
 _IMAGENET_CLASSES = 1000
 # Flax name -> torch name inside a block / the stem.
 _MODULES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
@@ -31,12 +30,6 @@ _MODULES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
 _LEAVES = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
            ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
            ('batch_stats', 'var'): 'running_var'}
-
-
-def _listing(keys):
-  keys = sorted(keys)
-  shown = ', '.join(keys[:_MAX_LISTED])
-  return shown + (f', ... and {len(keys) - _MAX_LISTED} more' if len(keys) > _MAX_LISTED else '')
 
 
 def _torch_key(key):
@@ -94,20 +87,8 @@ def convert(state_dict, num_classes: int | None = None, seed: int = 0):
   plan = {key: (_torch_key(key), _torch_shape(shape))
           for key, shape in _template(src_classes).items()}
   expected = dict(plan.values())
-  missing = set(expected) - set(sd)
-  unexpected = set(sd) - set(expected)
-  wrong = [f'{k}: {tuple(sd[k].shape)} in the checkpoint, {expected[k]} expected'
-           for k in sorted(set(expected) & set(sd)) if tuple(sd[k].shape) != expected[k]]
-  if missing or unexpected or wrong:
-    parts = []
-    if missing:
-      parts.append(f'missing keys ({len(missing)}): {_listing(missing)}')
-    if unexpected:
-      parts.append(f'unexpected keys ({len(unexpected)}): {_listing(unexpected)}')
-    if wrong:
-      parts.append(f'shape mismatches ({len(wrong)}): ' + '; '.join(wrong[:_MAX_LISTED])
-                   + (f'; ... and {len(wrong) - _MAX_LISTED} more' if len(wrong) > _MAX_LISTED
-                      else ''))
+  parts, unexpected = mismatches(expected, sd)
+  if parts:
     hint = ''
     if any(k.startswith('module.') for k in unexpected):
       hint = ' Keys start with "module.": strip that prefix (a DataParallel state_dict).'
@@ -125,12 +106,12 @@ def convert(state_dict, num_classes: int | None = None, seed: int = 0):
     flat[key] = np.ascontiguousarray(v)
   bad = [torch_key for key, (torch_key, _) in plan.items() if not np.all(np.isfinite(flat[key]))]
   if bad:
-    raise UserError('The checkpoint holds non-finite values in: ' + _listing(bad)
+    raise UserError('The checkpoint holds non-finite values in: ' + listing(bad)
                     + '. Re-download or re-export it.')
   bad_var = [torch_key for key, (torch_key, _) in plan.items()
              if key[-1] == 'var' and np.any(flat[key] < 0)]
   if bad_var:
-    raise UserError('Negative BatchNorm running variances in: ' + _listing(bad_var)
+    raise UserError('Negative BatchNorm running variances in: ' + listing(bad_var)
                     + '. The checkpoint is damaged.')
   variables = traverse_util.unflatten_dict(flat)
   if num_classes is not None and num_classes != src_classes:

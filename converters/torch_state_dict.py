@@ -32,3 +32,33 @@ def read_state_dict(path: str, how_to_save: str, key: Optional[str] = None
     raise UserError(f'{path} is not a state_dict (a mapping from names to tensors), got '
                     f'{type(obj).__name__}. {how_to_save}')
   return {k: v.detach().cpu().to(torch.float32).numpy() for k, v in obj.items()}
+
+
+MAX_LISTED = 25
+
+
+def listing(keys) -> str:
+  """Sorted keys, the first MAX_LISTED of them, then how many more."""
+  keys = sorted(keys)
+  shown = ', '.join(keys[:MAX_LISTED])
+  return shown + (f', ... and {len(keys) - MAX_LISTED} more' if len(keys) > MAX_LISTED else '')
+
+
+def mismatches(expected: Mapping[str, tuple], state_dict: Mapping[str, np.ndarray]):
+  """(parts, unexpected): the missing / unexpected / wrong-shape keys, described for an
+  error message (parts is empty when the state_dict fits)."""
+  missing = set(expected) - set(state_dict)
+  unexpected = set(state_dict) - set(expected)
+  wrong = [f'{k}: {tuple(state_dict[k].shape)} in the checkpoint, {expected[k]} expected'
+           for k in sorted(set(expected) & set(state_dict))
+           if tuple(state_dict[k].shape) != tuple(expected[k])]
+  parts = []
+  if missing:
+    parts.append(f'missing keys ({len(missing)}): {listing(missing)}')
+  if unexpected:
+    parts.append(f'unexpected keys ({len(unexpected)}): {listing(unexpected)}')
+  if wrong:
+    parts.append(f'shape mismatches ({len(wrong)}): ' + '; '.join(wrong[:MAX_LISTED])
+                 + (f'; ... and {len(wrong) - MAX_LISTED} more' if len(wrong) > MAX_LISTED
+                    else ''))
+  return parts, unexpected
