@@ -15,7 +15,6 @@ opens it and `python -m mgr_jax.main ... --config.model.pretrained=DIR` starts f
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np

@@ -6,7 +6,6 @@ with `mgr_jax.generators.load`, and its images compared with the package's eval-
 """
 
 import json
-import math
 import os
 import subprocess
 import sys

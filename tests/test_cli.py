@@ -62,7 +62,6 @@ def test_finished_run_is_not_retrained(finished_run):
 
 
 def test_load_classifier_matches_training_preprocessing(finished_run):
-  import jax.numpy as jnp
   from mgr_jax.data import load_splits
   from mgr_jax.models import load_classifier
   from configs.digits import get_config

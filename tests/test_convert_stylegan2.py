@@ -18,7 +18,6 @@ from converters import safe_pickle
 from converters import stylegan2_ada
 from mgr_jax import generators
 from mgr_jax.errors import UserError
-from mgr_jax.generators import io as gen_io
 
 torch = pytest.importorskip('torch')
 

@@ -1,6 +1,5 @@
 """Every method's step: what it changes, what gets gradient, generator use, sharding."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

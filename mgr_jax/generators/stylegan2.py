@@ -612,7 +612,7 @@ def validate_kwargs(kwargs: Mapping[str, Any], as_tuples=False) -> dict:
     if act not in ACTIVATIONS:
       problems.append(f'{name}.activation {act!r} is not one of {sorted(ACTIVATIONS)}')
   if sk.get('architecture', 'skip') not in ('orig', 'skip', 'resnet'):
-    problems.append(f"synthesis_kwargs.architecture must be 'orig', 'skip' or 'resnet'")
+    problems.append("synthesis_kwargs.architecture must be 'orig', 'skip' or 'resnet'")
   if problems:
     raise UserError('Invalid StyleGAN2-ADA generator kwargs: ' + '; '.join(problems) +
                     '. Expected the official Generator constructor arguments, e.g. '

@@ -2,7 +2,6 @@
 import dataclasses
 from typing import Any, Callable, Optional, Tuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
