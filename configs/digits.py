@@ -15,7 +15,7 @@ from mgr_jax.config import base_config
 def get_config():
   c = base_config()
   c.method = 'mgr'
-  c.num_epochs = 15
+  c.num_epochs = 12
   c.learning_rate = 0.05  # From scratch, not fine-tuning: a larger step than the paper's 0.01.
   c.data.source = 'digits'
   c.data.image_size = 16  # The generator's resolution: no resize of x_p.
