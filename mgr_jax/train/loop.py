@@ -71,15 +71,11 @@ def obtain_generator(config, workdir):
   """The frozen generator of methods that use one: config.generator.checkpoint, or one
   trained on D into <workdir>/generator (once; later runs reuse it)."""
   from mgr_jax import generators
+  from mgr_jax.train_generator import ensure_generator
   if not METHODS[config.method].uses_generator:
     return None
-  gen_config = config.get('generator')
-  if gen_config is not None and gen_config.get('checkpoint'):
-    return generators.load(gen_config.checkpoint)
-  try:
-    from mgr_jax.train_generator import ensure_generator
-  except ImportError:
-    return None  # build_run explains how to pass a generator.
+  if config.generator.checkpoint:
+    return generators.load(config.generator.checkpoint)
   return generators.load(ensure_generator(config, workdir))
 
 

@@ -14,6 +14,7 @@ from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS, Method, StepContext
 from mgr_jax.models.classifier import build_model
+from mgr_jax.models.resnet import ResNet18, feature_dim
 from mgr_jax.train.state import TrainState, create_train_state, lr_schedule, make_optimizer
 
 
@@ -84,8 +85,9 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
   rng = jax.random.PRNGKey(config.seed)
   state = create_train_state(model, tx, config.data.image_size, rng, pretrained)
   if method.synthetic_head:  # gda_mh's ω_p: a second head like ω, its own init.
-    fresh = create_train_state(model, tx, config.data.image_size, jax.random.fold_in(rng, 3))
-    params = dict(state.params, fc_p=fresh.params['fc'])
+    feats = jnp.zeros((1, feature_dim(config.model.width)))
+    head = model.init(jax.random.fold_in(rng, 3), feats, method=ResNet18.head)['params']['fc']
+    params = dict(state.params, fc_p=head)
     state = state.replace(params=params, opt_state=tx.init(params))
   finder = finder_tx = None
   if method.meta:
