@@ -134,8 +134,6 @@ def read_config(path: str) -> dict:
   return config
 
 
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m converters.biggan', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
