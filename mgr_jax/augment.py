@@ -55,6 +55,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mgr_jax.data.transforms import normalize  # The same (x − mean) / std as real data.
 from mgr_jax.errors import UserError
 
 MAX_MAGNITUDE = 30.0
@@ -379,13 +380,6 @@ def resize(images, size: Union[int, Tuple[int, int]], antialias: bool = True):
     return images
   shape = (images.shape[0], h, w, images.shape[-1])
   return jax.image.resize(images, shape, method='linear', antialias=antialias)
-
-
-def normalize(images01, mean: Sequence[float], std: Sequence[float]):
-  """(x − mean) / std per channel."""
-  mean = jnp.asarray(mean, images01.dtype)
-  std = jnp.asarray(std, images01.dtype)
-  return (images01 - mean) / std
 
 
 def resize_and_normalize(images_m11, size, mean: Sequence[float], std: Sequence[float],

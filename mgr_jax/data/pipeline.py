@@ -2,13 +2,12 @@
 
 Datasets of this project are small, so splits live in memory as uint8 and batches are
 index gathers; decoding-free and far faster than a CPU step. Augmentation and
-normalisation run inside the jitted step (`preprocess`), so the host only gathers bytes.
+normalisation run inside the jitted step (`weak_augment`), so the host only gathers bytes.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgr_jax.data.transforms import normalize
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -61,9 +60,3 @@ def weak_augment(images_uint8, rng, *, crop_pad: int, flip: bool):
     keys = jax.random.split(rng, x.shape[0])
     x = jax.vmap(lambda im, k: _random_crop_flip(im, k, crop_pad, flip))(x, keys)
   return x
-
-
-def preprocess(images_uint8, rng, *, train: bool, crop_pad: int, flip: bool, mean, std):
-  """uint8 NHWC -> normalised float32; weak train-time augmentation when `train`."""
-  x = weak_augment(images_uint8, rng if train else None, crop_pad=crop_pad, flip=flip)
-  return normalize(x, mean, std)
