@@ -14,6 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = 'base'
   c.seed = 0  # Training seed: init, batch order, augmentation draws.
   c.num_epochs = 200
+  # Small datasets give short epochs: train at least this many steps (more epochs if needed).
+  c.min_train_steps = 0
   c.batch_size = 64
   c.eval_batch_size = 256
   # Nesterov SGD, lr x lr_decay_factor at each fraction of training in lr_decay_at (§4.1).
@@ -52,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.hypergrad = 'fd'  # MPS hypergradient: 'fd' (Eq. 9, first order) or 'exact' (second order).
   c.synth = ml_collections.ConfigDict()
   c.synth.lam = 1.0  # λ: weight of the synthetic term (PCR, GDA, ...); the paper grid-searches it.
+  c.synth.lam_warmup = 0.0  # Share of training over which λ ramps up linearly from 0.
+  c.synth.pcr_stop_grad = False  # PCR: no gradient through the clean view g(x_p) (a target).
   c.synth.lam_kl = 0.01  # λ_KL of the finder's KL penalty (Eq. 11).
   c.synth.batch_size = 64  # Synthetic samples per step (the paper: 64).
   c.synth.val_batch_size = 64  # D_val samples per meta step.
@@ -111,6 +115,8 @@ def validate(config) -> None:
                     f'{", ".join(sorted(METHODS))} (e.g. --config.method=base).')
   if config.model.name != 'resnet18':
     raise UserError(f'Unknown model.name {config.model.name!r}; this version has resnet18.')
+  if config.min_train_steps < 0 or not 0.0 <= config.synth.lam_warmup <= 1.0:
+    raise UserError('min_train_steps must be >= 0 and synth.lam_warmup in [0, 1].')
   for key in ('num_epochs', 'batch_size', 'eval_batch_size'):
     if config[key] <= 0:
       raise UserError(f'{key}={config[key]} must be positive (--config.{key}=...).')

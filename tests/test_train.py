@@ -8,7 +8,8 @@ import optax
 from mgr_jax.data import load_splits
 from mgr_jax.methods import StepContext, base_step
 from mgr_jax.models import build_model
-from mgr_jax.train.state import create_train_state, lr_schedule, make_optimizer
+from mgr_jax.train.state import (create_train_state, lam_schedule, lr_schedule, make_optimizer,
+                                 train_epochs)
 
 
 def test_lr_schedule_decays_at_30_60_80_percent(tiny_config):
@@ -19,9 +20,39 @@ def test_lr_schedule_decays_at_30_60_80_percent(tiny_config):
   np.testing.assert_allclose(got, [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)
 
 
+def test_short_runs_compound_decays_and_never_decay_step_0(tiny_config):
+  # One epoch of 3 steps: 0.3/0.6/0.8 land on steps 1, 2, 2 -> two decays compound at step 2.
+  tiny_config.num_epochs, tiny_config.learning_rate = 1, 0.1
+  schedule = lr_schedule(tiny_config, steps_per_epoch=3)
+  np.testing.assert_allclose([float(schedule(s)) for s in range(3)], [0.1, 0.01, 1e-4],
+                             rtol=1e-6)
+  # One epoch of one step: every decay lands after the only step, none at step 0.
+  assert float(lr_schedule(tiny_config, steps_per_epoch=1)(0)) == np.float32(0.1)
+
+
+def test_min_train_steps_adds_epochs_and_stretches_the_schedule(tiny_config):
+  tiny_config.num_epochs, tiny_config.min_train_steps = 12, 300
+  assert train_epochs(tiny_config, steps_per_epoch=9) == 34  # ceil(300 / 9)
+  assert train_epochs(tiny_config, steps_per_epoch=40) == 12  # Already 480 steps.
+  schedule = lr_schedule(tiny_config, steps_per_epoch=9)  # 306 steps: first decay at 92.
+  np.testing.assert_allclose([float(schedule(91)), float(schedule(92))],
+                             [tiny_config.learning_rate, tiny_config.learning_rate * 0.1],
+                             rtol=1e-6)
+
+
+def test_lam_warmup_ramps_linearly_then_holds(tiny_config):
+  tiny_config.num_epochs, tiny_config.synth.lam, tiny_config.synth.lam_warmup = 10, 0.4, 0.5
+  lam = lam_schedule(tiny_config, steps_per_epoch=10)  # 100 steps, warm-up 50.
+  np.testing.assert_allclose([float(lam(s)) for s in (0, 25, 50, 99)], [0.0, 0.2, 0.4, 0.4],
+                             rtol=1e-6)
+  tiny_config.synth.lam_warmup = 0.0
+  assert float(lam_schedule(tiny_config, 10)(0)) == np.float32(0.4)
+
+
 def test_optimizer_is_torch_nesterov_sgd_with_weight_decay():
   class C:  # The few keys make_optimizer reads.
     num_epochs, learning_rate, lr_decay_at, lr_decay_factor = 10, 0.1, (), 0.1
+    min_train_steps = 0
     momentum, nesterov, weight_decay = 0.9, True, 0.01
   tx = make_optimizer(C, steps_per_epoch=1)
   p = {'w': np.array([1.0, -2.0], np.float32)}

@@ -36,6 +36,11 @@ class StepContext:
   hypergrad: str = 'fd'
   latent_noise_var: float = 1e-3
   truncation_psi: float = 1.0
+  pcr_stop_grad: bool = False
+  lam_schedule: Optional[Callable[[Any], Any]] = None  # λ at a step (warm-up); None: `lam`.
+
+  def lam_at(self, step):
+    return self.lam if self.lam_schedule is None else self.lam_schedule(step)
 
   def real_inputs01(self, images_uint8, rng):
     """Weakly augmented real images in [0, 1] (rng=None: no augmentation)."""

@@ -46,11 +46,12 @@ def _real_ce(params, state, x, labels, ctx):
 
 def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   x, draws = _real_batch(state, batch, rng, ctx)
+  lam = ctx.lam_at(state.step)
 
   def loss_fn(params):
     ce, (logits, batch_stats) = _real_ce(params, state, x, batch['label'], ctx)
     reg = term(ctx, params, state.batch_stats, draws['z'], draws, gen_vars)
-    return ce + ctx.lam * reg, (ce, reg, logits, batch_stats)
+    return ce + lam * reg, (ce, reg, logits, batch_stats)
 
   (_, (ce, reg, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -63,13 +64,17 @@ def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   x, draws = _real_batch(state, batch, rng, ctx)
   x_val = ctx.real_inputs(batch['val_image'], None, train=False)
   find = lambda phi: ctx.finder.apply({'params': phi}, draws['z'])
+  lam = ctx.lam_at(state.step)
 
   # ∇_θ CE(f_θ(x), y) once: the inner step and the real update share it.
   (ce, (logits, batch_stats)), ce_grad = jax.value_and_grad(_real_ce, has_aux=True)(
       state.params, state, x, batch['label'], ctx)
 
+  def term_value(params, phi):
+    return term(ctx, params, state.batch_stats, find(phi), draws, gen_vars)
+
   def synthetic_loss(params, phi):  # The φ-dependent part of L_train: λ·term.
-    return ctx.lam * term(ctx, params, state.batch_stats, find(phi), draws, gen_vars)
+    return lam * term_value(params, phi)
 
   def val_loss(params):  # L_val on a D_val batch, batch statistics, nothing written.
     val_logits, _ = classifier_forward(ctx.model, params, state.batch_stats, x_val)
@@ -86,10 +91,10 @@ def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   finder_params = optax.apply_updates(state.finder_params, updates)
 
   # The real update: x_p regenerated with the updated finder (same z, y_p and T draws).
-  reg, reg_grad = jax.value_and_grad(synthetic_loss)(state.params, finder_params)
-  grads = jax.tree.map(jnp.add, ce_grad, reg_grad)
+  reg, reg_grad = jax.value_and_grad(term_value)(state.params, finder_params)
+  grads = jax.tree.map(lambda c, r: c + lam * r, ce_grad, reg_grad)
   new_state = apply_classifier_update(state, grads, ctx)
   new_state = new_state.replace(step=state.step + 1, batch_stats=batch_stats,
                                 finder_params=finder_params, finder_opt_state=finder_opt_state)
   return new_state, {'loss': ce, 'accuracy': accuracy(logits, batch['label']),
-                     'synthetic': reg / ctx.lam, 'val_loss_inner': meta.val_loss, 'kl': kl}
+                     'synthetic': reg, 'val_loss_inner': meta.val_loss, 'kl': kl}

@@ -14,11 +14,16 @@ from mgr_jax.methods.common import (classifier_forward, cross_entropy, features_
                                     head_forward)
 
 
-def feature_gap(ctx, params, batch_stats, a, b):
-  """mean_i ||g(b_i) − g(a_i)||²: one g pass over [a; b] (batch statistics over both)."""
+def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
+  """mean_i ||g(b_i) − g(a_i)||²: one g pass over [a; b] (batch statistics over both).
+
+  `stop_grad_a`: g(a) is a fixed target, as the clean view is in UDA / FixMatch.
+  """
   feats = features_forward(ctx.model, params, batch_stats,
                            jnp.concatenate([a, b]))
   fa, fb = jnp.split(feats, 2)
+  if stop_grad_a:
+    fa = jax.lax.stop_gradient(fa)
   return jnp.mean(jnp.sum(jnp.square(fb - fa), axis=-1))
 
 
@@ -26,7 +31,7 @@ def pcr(ctx, params, batch_stats, latents, draws, gen_vars):
   """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient."""
   images = ctx.generate(gen_vars, latents, draws['y'])
   clean, strong = augment.pcr_views(draws['ra'], images, ctx.image_size, ctx.mean, ctx.std)
-  return feature_gap(ctx, params, batch_stats, clean, strong)
+  return feature_gap(ctx, params, batch_stats, clean, strong, ctx.pcr_stop_grad)
 
 
 def gda(ctx, params, batch_stats, latents, draws, gen_vars):

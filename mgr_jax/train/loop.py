@@ -21,6 +21,7 @@ from mgr_jax.methods import METHODS, eval_step
 from mgr_jax.models.classifier import build_model, write_classifier_info
 from mgr_jax.train import checkpoints
 from mgr_jax.train.setup import build_run, val_batch
+from mgr_jax.train.state import train_epochs
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, config_differences, read_json,
                              write_jsonl)
 
@@ -98,6 +99,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   generator = obtain_generator(config, workdir)
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
   state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.lr_schedule
+  num_epochs = train_epochs(config, steps)
+  if num_epochs > config.num_epochs:
+    print(f'{steps} steps per epoch: training {num_epochs} epochs for at least '
+          f'{config.min_train_steps} steps (min_train_steps).')
   best = {'params': state.params, 'batch_stats': state.batch_stats}
   progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
               'train_seconds': 0.0}
@@ -111,7 +116,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
     state, best, progress = checkpoints.restore(manager, state, best)
-    print(f'Resuming from epoch {progress["epoch"]} of {config.num_epochs}.')
+    print(f'Resuming from epoch {progress["epoch"]} of {num_epochs}.')
   if lead:
     write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
 
@@ -119,12 +124,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx))
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
-  for epoch in range(progress['epoch'], config.num_epochs):
+  for epoch in range(progress['epoch'], num_epochs):
     start = time.time()
     lr = float(schedule(epoch * steps))
     sums, count = None, 0
     bar = tqdm(pipeline.epoch_batches(splits.train, config.batch_size, config.seed, epoch),
-               total=steps, desc=f'epoch {epoch + 1}/{config.num_epochs}', leave=False,
+               total=steps, desc=f'epoch {epoch + 1}/{num_epochs}', leave=False,
                disable=not config.progress_bar, dynamic_ncols=True)
     for i, batch in enumerate(bar):
       if run.method.meta:
@@ -156,7 +161,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoints.save(manager, epoch + 1, state, best, progress)
     if lead:
       append_jsonl(metrics_path, row)
-    print(f'epoch {epoch + 1:3d}/{config.num_epochs}  train loss {train["loss"]:.4f} '
+    print(f'epoch {epoch + 1:3d}/{num_epochs}  train loss {train["loss"]:.4f} '
           f'acc {train["accuracy"]:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  '
           f'lr {lr:.2g}  {row["seconds"]:.1f}s', flush=True)
 
@@ -164,7 +169,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = {'method': config.method, 'seed': config.seed, 'data_source': config.data.source,
              'data_fraction': config.data.fraction, 'data_seed': config.data.seed,
              'best_epoch': progress['best_epoch'], 'best_val_acc': progress['best_val_acc'],
-             'test_acc': test_acc, 'num_epochs': config.num_epochs,
+             'test_acc': test_acc, 'num_epochs': num_epochs, 'num_steps': num_epochs * steps,
              'wall_seconds': round(progress['train_seconds'], 2)}
   if lead:
     atomic_write_json(results_path, results)

@@ -15,7 +15,8 @@ from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS, Method, StepContext
 from mgr_jax.models.classifier import build_model
 from mgr_jax.models.resnet import ResNet18, feature_dim
-from mgr_jax.train.state import TrainState, create_train_state, lr_schedule, make_optimizer
+from mgr_jax.train.state import (TrainState, create_train_state, lam_schedule, lr_schedule,
+                                 make_optimizer)
 
 
 @dataclasses.dataclass
@@ -99,6 +100,7 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
     state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
   ctx = StepContext(
       model=model, tx=tx, lr_schedule=lr_schedule(config, steps),
+      lam_schedule=lam_schedule(config, steps), pcr_stop_grad=config.synth.pcr_stop_grad,
       crop_pad=config.data.crop_pad, flip=config.data.flip, mean=tuple(config.data.mean),
       std=tuple(config.data.std), image_size=config.data.image_size,
       num_classes=(generator.num_classes if generator is not None else 0),
