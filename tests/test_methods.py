@@ -16,7 +16,7 @@ def _config(tiny_config, method):
   c = tiny_config
   c.method = method
   c.batch_size, c.eval_batch_size = 16, 16
-  c.synth.batch_size, c.synth.val_batch_size = 8, 8
+  c.synth.batch_size, c.meta.val_batch_size = 8, 8
   return c
 
 

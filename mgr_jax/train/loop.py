@@ -97,7 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pretrained = load_pretrained(config, model, splits.num_classes)
   generator = obtain_generator(config, workdir)
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
-  state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.lr_schedule
+  state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.classifier.lr_schedule
   best = {'params': state.params, 'batch_stats': state.batch_stats}
   progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
               'train_seconds': 0.0}
@@ -128,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                disable=not config.progress_bar, dynamic_ncols=True)
     for i, batch in enumerate(bar):
       if run.method.meta:
-        batch.update(val_batch(splits.val, config.synth.val_batch_size, config.seed, epoch, i))
+        batch.update(val_batch(splits.val, config.meta.val_batch_size, config.seed, epoch, i))
       state, metrics = train_step(state, run.shard_batch(batch), step_rng, run.gen_vars)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1

@@ -12,7 +12,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mgr_jax import finder as finder_lib
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
-from mgr_jax.methods import METHODS, Method, StepContext
+from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
+                             SyntheticContext)
 from mgr_jax.models.classifier import build_model
 from mgr_jax.models.resnet import ResNet18, feature_dim
 from mgr_jax.train.state import TrainState, create_train_state, lr_schedule, make_optimizer
@@ -89,25 +90,29 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
     head = model.init(jax.random.fold_in(rng, 3), feats, method=ResNet18.head)['params']['fc']
     params = dict(state.params, fc_p=head)
     state = state.replace(params=params, opt_state=tx.init(params))
-  finder = finder_tx = None
+  meta = None
   if method.meta:
-    finder = finder_lib.make_finder(config.finder.arch, generator.z_dim,
-                                    config.finder.hidden or None,
-                                    zero_init_last=config.finder.identity_init)
-    finder_tx = finder_lib.finder_optimizer(config.finder.lr)
+    fcfg = config.meta.finder
+    finder = finder_lib.make_finder(fcfg.arch, generator.z_dim, fcfg.hidden or None,
+                                    zero_init_last=fcfg.identity_init)
+    finder_tx = finder_lib.finder_optimizer(fcfg.lr)
     phi = finder.init(jax.random.fold_in(rng, 2), jnp.zeros((1, generator.z_dim)))['params']
     state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
+    meta = MetaContext(finder=finder, finder_tx=finder_tx, lam_kl=config.meta.lam_kl,
+                       inner_lr=config.meta.inner_lr, hypergrad=config.meta.hypergrad,
+                       fd_radius=config.meta.fd_radius)
+  data = config.data
   ctx = StepContext(
-      model=model, tx=tx, lr_schedule=lr_schedule(config, steps),
-      crop_pad=config.data.crop_pad, flip=config.data.flip, mean=tuple(config.data.mean),
-      std=tuple(config.data.std), image_size=config.data.image_size,
-      num_classes=(generator.num_classes if generator is not None else 0),
-      generator=generator, finder=finder, finder_tx=finder_tx, lam=config.synth.lam,
-      lam_kl=config.synth.lam_kl, synthetic_batch_size=config.synth.batch_size,
-      ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
-      inner_lr=config.synth.inner_lr, hypergrad=config.hypergrad,
-      latent_noise_var=config.synth.latent_noise_var,
-      truncation_psi=config.synth.truncation_psi)
+      classifier=ClassifierContext(
+          model=model, tx=tx, lr_schedule=lr_schedule(config, steps), crop_pad=data.crop_pad,
+          flip=data.flip, mean=tuple(data.mean), std=tuple(data.std),
+          image_size=data.image_size),
+      synthetic=SyntheticContext(
+          generator=generator, lam=config.synth.lam, batch_size=config.synth.batch_size,
+          ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
+          latent_noise_var=config.synth.latent_noise_var,
+          truncation_psi=config.synth.truncation_psi),
+      meta=meta)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   gen_vars = jax.device_put(generator.variables, replicated) if generator is not None else {}
