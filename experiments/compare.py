@@ -43,7 +43,7 @@ def compare(config, workdir, methods, seeds):
   if unknown:
     raise UserError(f'Unknown methods {unknown}; choose from {", ".join(sorted(METHODS))}.')
   if any(METHODS[m].uses_generator for m in methods) and not config.generator.checkpoint:
-    from mgr_jax.train_generator import ensure_generator
+    from mgr_jax.gan.loop import ensure_generator
     config.generator.checkpoint = ensure_generator(config, workdir)
   results = {}
   for method in methods:

@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The frozen generator G(z, y) of every synthetic-data method. `checkpoint` = a generator
   # directory (converter output or `python -m mgr_jax.train_generator`); '' = train a
-  # StyleGAN2-ADA on D once, into <workdir>/generator (mgr_jax/train_generator.py).
+  # StyleGAN2-ADA on D once, into <workdir>/generator (mgr_jax/gan/loop.py).
   c.generator = ml_collections.ConfigDict()
   c.generator.checkpoint = ''
   c.generator.seed = 0  # Own seed: runs with other config.seed values share one generator.
