@@ -179,22 +179,23 @@ def test_cli_end_to_end_then_resume_and_finished(tmp_path):
   out = _run(workdir)
   assert 'already been trained' in out, out
 
-  # ensure_generator (what MGR runs call) reuses a finished <workdir>/generator.
-  from mgr_jax.gan.loop import TRAINING_SUBDIR, ensure_generator
+  # What a classifier run without generator.checkpoint uses: a finished <workdir>/generator.
+  from mgr_jax.gan.loop import TRAINING_SUBDIR
+  from mgr_jax.train.setup import generator_dir
   main_workdir = tmp_path / 'main'
   shutil.copytree(workdir / 'generator', main_workdir / 'generator')
   os.makedirs(main_workdir / TRAINING_SUBDIR)
   shutil.copy(workdir / 'gan_config.json', main_workdir / TRAINING_SUBDIR)
-  assert ensure_generator(tiny_gan_config(), str(main_workdir)) == str(main_workdir / 'generator')
+  assert generator_dir(tiny_gan_config(), str(main_workdir)) == str(main_workdir / 'generator')
 
 
-def test_ensure_generator_uses_a_given_checkpoint_or_rejects_a_bad_one(tmp_path):
+def test_obtain_generator_rejects_a_bad_checkpoint(tmp_path):
   from mgr_jax.errors import UserError
-  from mgr_jax.gan.loop import ensure_generator
+  from mgr_jax.train.setup import obtain_generator
   c = tiny_gan_config()
   c.generator.checkpoint = str(tmp_path / 'missing')
   with pytest.raises(UserError, match='does not exist'):
-    ensure_generator(c, str(tmp_path / 'w'))
+    obtain_generator(c, str(tmp_path / 'w'), num_classes=10)
 
 
 def test_bad_generator_settings_are_user_errors():

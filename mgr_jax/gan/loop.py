@@ -12,8 +12,9 @@ and `config.generator` (mgr_jax/config.py). The images of D are resized once to
   samples_final.png
   generator/          the final G_ema: `mgr_jax.generators.load(<workdir>/generator)`
 
-Running the same command again resumes; a finished run says so and does nothing.
-`ensure_generator(config, workdir)` is what the MGR training calls.
+Running the same command again resumes; a finished run says so and does nothing. A classifier
+run without a generator.checkpoint calls `train_generator` through
+`mgr_jax.train.setup.obtain_generator`.
 """
 import functools
 import os
@@ -38,7 +39,7 @@ from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, chec
                              write_jsonl)
 
 GENERATOR_SUBDIR = 'generator'
-TRAINING_SUBDIR = 'generator_training'  # Where ensure_generator trains (checkpoints, logs).
+TRAINING_SUBDIR = 'generator_training'  # Checkpoints and logs of a generator a run trains.
 GAN_CONFIG_FILE = 'gan_config.json'
 # The data keys that change what G is trained on (not how the classifier reads it).
 GAN_DATA_KEYS = ('source', 'image_size', 'fraction', 'seed', 'val_ratio', 'test_ratio',
@@ -289,19 +290,3 @@ def train_generator(config, workdir: str, out_dir: str = None) -> str:
   print(f'Generator trained in {progress["train_seconds"]:.0f} s ({int(state.step)} steps): '
         f'{out_dir} (samples: {os.path.join(workdir, "samples_final.png")}).')
   return out_dir
-
-
-def ensure_generator(config, workdir: str, num_classes: int = None) -> str:
-  """The generator directory a synthetic-data run uses: `config.generator.checkpoint`
-  (validated) if set, else <workdir>/generator, trained on D the first time (checkpoints
-  and logs in <workdir>/generator_training) and reused afterwards."""
-  path = config.generator.checkpoint
-  if path:
-    gen = generators.load(path)  # UserError on a missing / corrupt / mismatched directory.
-    if num_classes is not None and gen.num_classes not in (0, num_classes):
-      raise UserError(f'The generator {path!r} has {gen.num_classes} classes but the data has '
-                      f'{num_classes}. Use a generator trained on this dataset.')
-    return path
-  workdir = os.path.abspath(workdir)
-  return train_generator(config, os.path.join(workdir, TRAINING_SUBDIR),
-                         out_dir=os.path.join(workdir, GENERATOR_SUBDIR))

@@ -12,16 +12,15 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from mgr_jax import checkpoints, generators
+from mgr_jax import checkpoints
 from mgr_jax import config as config_lib
 from mgr_jax import data as data_lib
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
-from mgr_jax.gan.loop import ensure_generator
-from mgr_jax.methods import METHODS, eval_step
+from mgr_jax.methods import eval_step
 from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_classifier,
                                        write_classifier_info)
-from mgr_jax.train.setup import build_run, val_batch
+from mgr_jax.train.setup import build_run, obtain_generator, val_batch
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
                              read_json, write_jsonl)
 
@@ -54,16 +53,6 @@ def load_pretrained(config, model, num_classes):
   return {'params': params, 'batch_stats': source['batch_stats']}
 
 
-def obtain_generator(config, workdir):
-  """The frozen generator of methods that use one: config.generator.checkpoint, or one
-  trained on D into <workdir>/generator (once; later runs reuse it)."""
-  if not METHODS[config.method].uses_generator:
-    return None
-  if config.generator.checkpoint:
-    return generators.load(config.generator.checkpoint)
-  return generators.load(ensure_generator(config, workdir))
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   results_path = os.path.join(workdir, 'results.json')
@@ -82,7 +71,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   model = build_model(config.model, splits.num_classes)
   pretrained = load_pretrained(config, model, splits.num_classes)
-  generator = obtain_generator(config, workdir)
+  generator = obtain_generator(config, workdir, splits.num_classes)
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
   state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.classifier.lr_schedule
   best = {'params': state.params, 'batch_stats': state.batch_stats}

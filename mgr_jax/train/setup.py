@@ -2,6 +2,7 @@
 the static step context, and the device mesh (data parallel over all devices)."""
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -10,8 +11,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mgr_jax import finder as finder_lib
+from mgr_jax import generators
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
+from mgr_jax.gan.loop import GENERATOR_SUBDIR, TRAINING_SUBDIR, train_generator
 from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
                              SyntheticContext)
 from mgr_jax.models.classifier import build_model
@@ -49,12 +52,40 @@ class Run:
     return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0)
 
 
-def check_generator(method_name, method, generator, num_classes):
+def generator_dir(config, workdir: str) -> str:
+  """`config.generator.checkpoint` if set, else <workdir>/generator: trained on D the first
+  time (checkpoints and logs in <workdir>/generator_training) and reused afterwards."""
+  if config.generator.checkpoint:
+    return config.generator.checkpoint
+  workdir = os.path.abspath(workdir)
+  return train_generator(config, os.path.join(workdir, TRAINING_SUBDIR),
+                         out_dir=os.path.join(workdir, GENERATOR_SUBDIR))
+
+
+def obtain_generator(config, workdir: str, num_classes: int):
+  """The frozen generator of `config.method` (None for a method that uses none), loaded from
+  `generator_dir` and checked against the method and the data's `num_classes`."""
+  if not METHODS[config.method].uses_generator:
+    return None
+  generator = generators.load(generator_dir(config, workdir))
+  check_generator(config.method, generator, num_classes)
+  labels = (f'{generator.num_classes} classes' if generator.num_classes
+            else 'unconditional')
+  size = config.data.image_size
+  resize = f', x_p resized to {size} px' if generator.resolution != size else ''
+  print(f'Generator {generator.path}: {generator.kind}, {labels}, '
+        f'{generator.resolution} px{resize}.')
+  return generator
+
+
+def check_generator(method_name, generator, num_classes):
+  """Methods that train on y_p need a conditional generator over the data's classes; the
+  others take any generator (y_p only selects its class)."""
   if generator is None:
     raise UserError(f'Method {method_name!r} needs a generator: pass '
                     '--config.generator.checkpoint=DIR (a directory written by '
                     '`python -m mgr_jax.train_generator` or a converter).')
-  if method.needs_labels and generator.num_classes != num_classes:
+  if METHODS[method_name].needs_labels and generator.num_classes != num_classes:
     raise UserError(
         f'Method {method_name!r} trains on (x_p, y_p) and needs a conditional generator over '
         f'the dataset\'s {num_classes} classes, but the generator has '
@@ -73,11 +104,10 @@ def make_mesh(config, devices=None) -> Mesh:
 
 def build_run(config, num_classes: int, num_train: int, generator=None, pretrained=None,
               devices=None) -> Run:
-  """`devices`: the data-parallel mesh (default: every device of every process)."""
+  """`generator`: from `obtain_generator` (checked there). `devices`: the data-parallel mesh
+  (default: every device of every process)."""
   method = METHODS[config.method]
-  if method.uses_generator:
-    check_generator(config.method, method, generator, num_classes)
-  else:
+  if not method.uses_generator:
     generator = None  # `base` and `real_cr` never call a generator.
   mesh = make_mesh(config, devices)
   model = build_model(config.model, num_classes)
