@@ -29,7 +29,7 @@ def get_config():
   # over features) outweighs the cross-entropy and training stalls; λ = 0.1 trains well.
   c.synth.lam = 0.1
   c.synth.batch_size = 32  # 32 + 32 synthetic per step keeps an MGR epoch ~12 s on 2 cores.
-  c.synth.val_batch_size = 32
+  c.meta.val_batch_size = 32
   # The generator trained on D when no generator.checkpoint is given: a small conditional
   # StyleGAN2-ADA at 16 px (the digits are 8x8 at heart), a few minutes on 2 CPU cores.
   g = c.generator

@@ -57,7 +57,7 @@ def peak_bytes(compiled) -> int:
 
 def bench(config, name, method, mode, generator, batch):
   config = config.copy_and_resolve_references()
-  config.method, config.hypergrad = method, mode
+  config.method, config.meta.hypergrad = method, mode
   run = build_run(config, _NUM_CLASSES.value, 10 * config.batch_size, generator)
   step = run.jit_step()
   rng = jax.random.PRNGKey(0)
@@ -82,10 +82,10 @@ def main(argv):
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
            'label': rng.integers(0, _NUM_CLASSES.value, n).astype(np.int32),
-           'val_image': rng.integers(0, 256, (config.synth.val_batch_size, size, size, 3),
+           'val_image': rng.integers(0, 256, (config.meta.val_batch_size, size, size, 3),
                                      dtype=np.uint8),
            'val_label': rng.integers(0, _NUM_CLASSES.value,
-                                     config.synth.val_batch_size).astype(np.int32)}
+                                     config.meta.val_batch_size).astype(np.int32)}
   if config.generator.checkpoint:
     generator = generators.load(config.generator.checkpoint)
   else:

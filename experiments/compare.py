@@ -17,6 +17,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mgr_jax.errors import UserError
+from mgr_jax.methods import METHODS
+from mgr_jax.train.loop import train_and_evaluate
+from mgr_jax.train.setup import generator_dir
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the runs.')
@@ -37,14 +40,12 @@ def summarize(results_by_method):
 
 
 def compare(config, workdir, methods, seeds):
-  from mgr_jax.methods import METHODS
-  from mgr_jax.train.loop import train_and_evaluate
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise UserError(f'Unknown methods {unknown}; choose from {", ".join(sorted(METHODS))}.')
-  if any(METHODS[m].uses_generator for m in methods) and not config.generator.checkpoint:
-    from mgr_jax.train_generator import ensure_generator
-    config.generator.checkpoint = ensure_generator(config, workdir)
+  if any(METHODS[m].uses_generator for m in methods):
+    # One generator for every run: each run loads and checks it (obtain_generator).
+    config.generator.checkpoint = generator_dir(config, workdir)
   results = {}
   for method in methods:
     for seed in seeds:

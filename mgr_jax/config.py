@@ -7,6 +7,28 @@ import ml_collections
 
 from mgr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mgr_jax.errors import UserError
+from mgr_jax.methods import METHODS
+
+# Keys that moved into config.meta (old dotted key or prefix -> new one): an old key on the
+# command line or in a config file is an error that names its new place.
+MOVED_KEYS = {'hypergrad': 'meta.hypergrad', 'synth.inner_lr': 'meta.inner_lr',
+              'synth.lam_kl': 'meta.lam_kl', 'synth.val_batch_size': 'meta.val_batch_size',
+              'finder': 'meta.finder'}
+
+
+def moved_key(key: str):
+  """The new dotted key of a key that moved (or of a key under a moved prefix), else None."""
+  for old, new in MOVED_KEYS.items():
+    if key == old or key.startswith(old + '.'):
+      return new + key[len(old):]
+  return None
+
+
+def _dotted_keys(tree: dict, prefix: str = ''):
+  for key, value in tree.items():
+    yield prefix + key
+    if isinstance(value, dict):
+      yield from _dotted_keys(value, f'{prefix}{key}.')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -50,29 +72,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.small_stem = False  # 3x3/1 stem without max-pool, for small images.
   c.model.pretrained = ''  # Directory written by `python -m converters.resnet18`.
 
-  # Synthetic data (every method but base): λ, the synthetic batch, T, the meta step.
-  c.hypergrad = 'fd'  # MPS hypergradient: 'fd' (Eq. 9, first order) or 'exact' (second order).
+  # Synthetic data (every method but base): λ, the synthetic batch, T.
   c.synth = ml_collections.ConfigDict()
   c.synth.lam = 1.0  # λ: weight of the synthetic term (PCR, GDA, ...); the paper grid-searches it.
   c.synth.lam_warmup = 0.0  # Share of training over which λ ramps up linearly from 0.
   c.synth.pcr_stop_grad = False  # PCR: no gradient through the clean view g(x_p) (a target).
-  c.synth.lam_kl = 0.01  # λ_KL of the finder's KL penalty (Eq. 11).
   c.synth.batch_size = 64  # Synthetic samples per step (the paper: 64).
-  c.synth.val_batch_size = 64  # D_val samples per meta step.
   c.synth.ra_num_ops = 2  # RandAugment N.
   c.synth.ra_magnitude = 10.0  # RandAugment M on the 0-30 scale (Kornia/torchvision).
-  c.synth.inner_lr = 0.0  # η of the inner step (Eq. 8); 0 = the current learning rate.
   c.synth.latent_noise_var = 1e-3  # LatentAugment: s ~ N(0, var).
   c.synth.truncation_psi = 1.0
-  c.finder = ml_collections.ConfigDict()
-  c.finder.arch = 'residual'  # residual (Eq. 10) | linear | mlp | residual_shallow.
-  c.finder.hidden = 0  # MLP width; 0 = the generator's z_dim.
-  c.finder.lr = 1e-4  # Adam (§4.1).
-  c.finder.identity_init = True  # Residual finders start as F(z) = z, i.e. MGR starts as PCR.
+
+  # Meta pseudo sampling (gda_mps, mgr): the inner step, the hypergradient, the finder F_φ.
+  c.meta = ml_collections.ConfigDict()
+  c.meta.hypergrad = 'fd'  # 'fd' (Eq. 9, first order) or 'exact' (second order).
+  c.meta.inner_lr = 0.0  # η of the inner step (Eq. 8); 0 = the current learning rate.
+  c.meta.lam_kl = 0.01  # λ_KL of the finder's KL penalty (Eq. 11).
+  c.meta.val_batch_size = 64  # D_val samples per meta step.
+  c.meta.fd_radius = 0.01  # r of ε = r / ||v||₂ in 'fd' (Eq. 9; DARTS' 0.01).
+  c.meta.finder = ml_collections.ConfigDict()
+  c.meta.finder.arch = 'residual'  # residual (Eq. 10) | linear | mlp | residual_shallow.
+  c.meta.finder.hidden = 0  # MLP width; 0 = the generator's z_dim.
+  c.meta.finder.lr = 1e-4  # Adam (§4.1).
+  c.meta.finder.identity_init = True  # Residual finders start as F(z) = z: MGR starts as PCR.
 
   # The frozen generator G(z, y) of every synthetic-data method. `checkpoint` = a generator
   # directory (converter output or `python -m mgr_jax.train_generator`); '' = train a
-  # StyleGAN2-ADA on D once, into <workdir>/generator (mgr_jax/train_generator.py).
+  # StyleGAN2-ADA on D once, into <workdir>/generator (mgr_jax/gan/loop.py).
   c.generator = ml_collections.ConfigDict()
   c.generator.checkpoint = ''
   c.generator.seed = 0  # Own seed: runs with other config.seed values share one generator.
@@ -109,7 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
   """Checks values that ml_collections' type checks cannot; raises UserError."""
-  from mgr_jax.methods import METHODS  # Late import: methods import models and data.
+  moved = [(k, moved_key(k)) for k in _dotted_keys(config.to_dict()) if moved_key(k)]
+  if moved:
+    raise UserError('The config sets keys that have moved: ' + ', '.join(
+        f'{old} is now {new}' for old, new in moved) + ' (mgr_jax/config.py).')
   if config.method not in METHODS:
     raise UserError(f'Unknown method {config.method!r}. Choose one of: '
                     f'{", ".join(sorted(METHODS))} (e.g. --config.method=base).')
@@ -122,8 +151,10 @@ def validate(config) -> None:
       raise UserError(f'{key}={config[key]} must be positive (--config.{key}=...).')
   if config.data.image_size < 8:
     raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
-  if config.hypergrad not in ('fd', 'exact'):
-    raise UserError(f'hypergrad={config.hypergrad!r}: use fd or exact.')
+  if config.meta.hypergrad not in ('fd', 'exact'):
+    raise UserError(f'meta.hypergrad={config.meta.hypergrad!r}: use fd or exact.')
+  if not config.meta.fd_radius > 0:
+    raise UserError(f'meta.fd_radius={config.meta.fd_radius} must be positive.')
   if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:
     raise UserError('data.val_ratio must be in [0, 1) and data.test_ratio in (0, 1).')
 

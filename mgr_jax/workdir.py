@@ -1,6 +1,9 @@
-"""Files of a run directory: atomic JSON writes, clear errors on missing/corrupt files."""
+"""Files of a run directory (classifier and GAN loops alike): atomic JSON writes, clear errors
+on missing/corrupt files, the refusal to resume with another config, the divergence check."""
 import json
 import os
+
+import numpy as np
 
 from mgr_jax.errors import UserError
 
@@ -48,3 +51,21 @@ def config_differences(old: dict, new: dict, prefix: str = ''):
     elif json.loads(json.dumps(a, default=list)) != json.loads(json.dumps(b, default=list)):
       diffs.append(f'{prefix}{key}: {a!r} -> {b!r}')
   return diffs
+
+
+def check_config(workdir: str, filename: str, config: dict, what: str, fix: str) -> None:
+  """Refuses to resume `workdir` when its saved config differs from `config` (it would mix two
+  experiments); `what` names the run ('a run', 'a generator'), `fix` says what to do."""
+  path = os.path.join(workdir, filename)
+  if not os.path.exists(path):
+    return
+  diffs = config_differences(read_json(path, 'remove the workdir and start again.'), config)
+  if diffs:
+    raise UserError(f'Workdir {workdir!r} holds {what} with a different config ('
+                    + '; '.join(diffs[:8]) + f'). {fix}')
+
+
+def check_finite(metrics: dict, where: str, fix: str) -> None:
+  """Fails fast on a non-finite metric, before a diverged state is checkpointed."""
+  if not all(np.isfinite(v) for v in metrics.values()):
+    raise UserError(f'{where} diverged: {metrics}. {fix}, and use a new workdir.')

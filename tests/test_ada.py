@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax.generators import ada
+from mgr_jax.gan import ada
 
 TRANSFORMS = ('xflip', 'rotate90', 'xint', 'scale', 'rotate', 'aniso', 'xfrac',
               'brightness', 'contrast', 'lumaflip', 'hue', 'saturation')

@@ -119,6 +119,7 @@ def test_resume_refuses_other_config(finished_run, tmp_path):
     ('--config.data.source=folder:/no/such/folder', 'does not exist'),
     ('--config.method=magic', 'Unknown method'),
     ('--config.data.fraction=1.5', 'out of range'),
+    ('--config.finder.lr=1e-3', '--config.finder.lr has moved to --config.meta.finder.lr'),
 ])
 def test_bad_input_fails_cleanly(tmp_path, override, expected):
   workdir = tmp_path / 'w'
@@ -152,7 +153,7 @@ def test_synthetic_method_end_to_end(tmp_path, method):
   workdir = tmp_path / 'w'
   proc = run_cli(workdir, *tiny_overrides(num_epochs=1), f'--config.method={method}',
                  f'--config.generator.checkpoint={gen_dir}', '--config.synth.batch_size=8',
-                 '--config.synth.val_batch_size=8')
+                 '--config.meta.val_batch_size=8')
   assert proc.returncode == 0, proc.stderr[-3000:]
   results, rows = _read(workdir)
   assert results['method'] == method and len(rows) == 1

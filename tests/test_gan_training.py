@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from mgr_jax.generators import gan_training as gt
-from mgr_jax.generators.discriminator import Discriminator, minibatch_std
+from mgr_jax.gan import steps as gt
+from mgr_jax.gan.discriminator import Discriminator, minibatch_std
 from mgr_jax.generators.io import flatten
 
 # A GAN that compiles in seconds: 8 px, a handful of channels, 13 images per class.
@@ -76,7 +76,7 @@ def test_minibatch_std_groups_as_the_official_reshape():
 
 @pytest.fixture(scope='module')
 def tiny_setup():
-  from mgr_jax.train_generator import make_setup
+  from mgr_jax.gan.loop import make_setup
   gcfg = tiny_gan_config().generator
   gcfg.r1_gamma = 1.0
   gcfg.augment = ''  # Augmentation has its own tests (test_ada.py); this saves compile time.
@@ -179,27 +179,28 @@ def test_cli_end_to_end_then_resume_and_finished(tmp_path):
   out = _run(workdir)
   assert 'already been trained' in out, out
 
-  # ensure_generator (what MGR runs call) reuses a finished <workdir>/generator.
-  from mgr_jax.train_generator import TRAINING_SUBDIR, ensure_generator
+  # What a classifier run without generator.checkpoint uses: a finished <workdir>/generator.
+  from mgr_jax.gan.loop import TRAINING_SUBDIR
+  from mgr_jax.train.setup import generator_dir
   main_workdir = tmp_path / 'main'
   shutil.copytree(workdir / 'generator', main_workdir / 'generator')
   os.makedirs(main_workdir / TRAINING_SUBDIR)
   shutil.copy(workdir / 'gan_config.json', main_workdir / TRAINING_SUBDIR)
-  assert ensure_generator(tiny_gan_config(), str(main_workdir)) == str(main_workdir / 'generator')
+  assert generator_dir(tiny_gan_config(), str(main_workdir)) == str(main_workdir / 'generator')
 
 
-def test_ensure_generator_uses_a_given_checkpoint_or_rejects_a_bad_one(tmp_path):
+def test_obtain_generator_rejects_a_bad_checkpoint(tmp_path):
   from mgr_jax.errors import UserError
-  from mgr_jax.train_generator import ensure_generator
+  from mgr_jax.train.setup import obtain_generator
   c = tiny_gan_config()
   c.generator.checkpoint = str(tmp_path / 'missing')
   with pytest.raises(UserError, match='does not exist'):
-    ensure_generator(c, str(tmp_path / 'w'))
+    obtain_generator(c, str(tmp_path / 'w'), num_classes=10)
 
 
 def test_bad_generator_settings_are_user_errors():
   from mgr_jax.errors import UserError
-  from mgr_jax.train_generator import validate
+  from mgr_jax.gan.loop import validate
   for key, value, match in (('resolution', 12, 'power of 2'), ('batch_size', 6, 'multiple'),
                             ('augment', 'bgcx', 'augment'), ('g_lr', 0.0, 'g_lr')):
     c = tiny_gan_config()

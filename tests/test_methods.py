@@ -7,7 +7,7 @@ from tiny_generator import TinyGenerator
 from mgr_jax.data import load_splits
 from mgr_jax.methods import METHODS, terms
 from mgr_jax.methods.steps import draw_synthetic
-from mgr_jax.train.setup import build_run, val_batch
+from mgr_jax.train.setup import build_run, check_generator, val_batch
 
 META = {'gda_mps', 'mgr'}
 
@@ -16,7 +16,7 @@ def _config(tiny_config, method):
   c = tiny_config
   c.method = method
   c.batch_size, c.eval_batch_size = 16, 16
-  c.synth.batch_size, c.synth.val_batch_size = 8, 8
+  c.synth.batch_size, c.meta.val_batch_size = 8, 8
   return c
 
 
@@ -114,15 +114,14 @@ def test_gda_trains_head_on_synthetic_labels(splits, tiny_config):
   assert not _all_zero(grads['fc']) and not _all_zero(grads['backbone'])
 
 
-def test_methods_with_labels_refuse_unconditional_generator(splits, tiny_config):
+def test_methods_with_labels_need_a_generator_over_the_data_classes():
   from mgr_jax.errors import UserError
-  c = _config(tiny_config, 'gda')
-  with pytest.raises(UserError, match='conditional generator'):
-    build_run(c, splits.num_classes, len(splits.train), TinyGenerator(num_classes=0),
-              devices=jax.devices()[:1])
-  c.method = 'pcr'
+  for classes in (0, 5):  # Unconditional, or conditional over other classes.
+    with pytest.raises(UserError, match='conditional generator'):
+      check_generator('gda', TinyGenerator(num_classes=classes), 10)
+  check_generator('pcr', TinyGenerator(num_classes=0), 10)  # PCR needs no labels.
   with pytest.raises(UserError, match='needs a generator'):
-    build_run(c, splits.num_classes, len(splits.train), None, devices=jax.devices()[:1])
+    check_generator('pcr', None, 10)
 
 
 def test_sharded_mgr_step_equals_single_device(splits, tiny_config):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from mgr_jax.data import load_splits
-from mgr_jax.methods import StepContext, base_step
+from mgr_jax.methods import ClassifierContext, StepContext, base_step
 from mgr_jax.models import build_model
 from mgr_jax.train.state import (create_train_state, lam_schedule, lr_schedule, make_optimizer,
                                  train_epochs)
@@ -73,8 +73,8 @@ def test_base_step_lowers_loss_on_fixed_batch(tiny_config):
   model = build_model(tiny_config.model, splits.num_classes)
   tx = make_optimizer(tiny_config, 10)
   state = create_train_state(model, tx, 16, jax.random.PRNGKey(0))
-  ctx = StepContext(model=model, tx=tx, lr_schedule=lr_schedule(tiny_config, 10), crop_pad=0,
-                    flip=False, mean=(0.5,) * 3, std=(0.5,) * 3)
+  ctx = StepContext(ClassifierContext(model=model, tx=tx, lr_schedule=lr_schedule(tiny_config, 10),
+                                      crop_pad=0, flip=False, mean=(0.5,) * 3, std=(0.5,) * 3))
   step = jax.jit(functools.partial(base_step, ctx=ctx))
   batch = {'image': splits.train.images[:32], 'label': splits.train.labels[:32]}
   losses = []

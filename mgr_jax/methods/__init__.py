@@ -10,7 +10,8 @@ from typing import Callable
 
 from mgr_jax.methods import terms
 from mgr_jax.methods.base import base_step
-from mgr_jax.methods.common import StepContext, eval_step
+from mgr_jax.methods.common import (ClassifierContext, MetaContext, StepContext,
+                                    SyntheticContext, eval_step)
 from mgr_jax.methods.steps import meta_step, regularized_step
 
 

@@ -10,7 +10,7 @@ def base_step(state, batch, rng, gen_vars=None, *, ctx: StepContext):
   x = ctx.real_inputs(batch['image'], jax.random.fold_in(rng, state.step))
 
   def loss_fn(params):
-    logits, batch_stats = classifier_forward(ctx.model, params, state.batch_stats, x)
+    logits, batch_stats = classifier_forward(ctx.classifier.model, params, state.batch_stats, x)
     return cross_entropy(logits, batch['label']), (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -12,8 +12,8 @@ from mgr_jax.models.resnet import ResNet18
 
 
 @dataclasses.dataclass(frozen=True)
-class StepContext:
-  """Everything static a step needs; bound with functools.partial before jit."""
+class ClassifierContext:
+  """The classifier, its optimiser, and how real uint8 images become its input."""
   model: Any  # The Flax classifier (ResNet18).
   tx: optax.GradientTransformation
   lr_schedule: Callable[[Any], Any]
@@ -22,18 +22,16 @@ class StepContext:
   mean: Tuple[float, ...]
   std: Tuple[float, ...]
   image_size: int = 32
-  num_classes: int = 0
-  # Synthetic data (None / unused for `base`).
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticContext:
+  """The frozen generator and the synthetic term's settings (unused by `base`)."""
   generator: Any = None  # mgr_jax.generators.LoadedGenerator: pure `apply(vars, z, y)`.
-  finder: Any = None  # Flax finder module (meta-learning methods).
-  finder_tx: Optional[optax.GradientTransformation] = None
   lam: float = 1.0
-  lam_kl: float = 0.01
-  synthetic_batch_size: int = 64
+  batch_size: int = 64
   ra_num_ops: int = 2
   ra_magnitude: float = 10.0
-  inner_lr: float = 0.0  # 0: the schedule's current learning rate.
-  hypergrad: str = 'fd'
   latent_noise_var: float = 1e-3
   truncation_psi: float = 1.0
   pcr_stop_grad: bool = False
@@ -42,25 +40,52 @@ class StepContext:
   def lam_at(self, step):
     return self.lam if self.lam_schedule is None else self.lam_schedule(step)
 
+  @property
+  def generator_classes(self) -> int:
+    """The generator's label count (0: unconditional or no generator): y_p's range."""
+    return self.generator.num_classes if self.generator is not None else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaContext:
+  """Meta pseudo sampling: the finder F_φ, its optimiser, the inner step and hypergradient."""
+  finder: Any  # Flax finder module.
+  finder_tx: optax.GradientTransformation
+  lam_kl: float = 0.01
+  inner_lr: float = 0.0  # 0: the schedule's current learning rate.
+  hypergrad: str = 'fd'
+  fd_radius: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """Everything static a step needs; bound with functools.partial before jit."""
+  classifier: ClassifierContext
+  synthetic: SyntheticContext = SyntheticContext()
+  meta: Optional[MetaContext] = None  # Only for the meta-learning methods.
+
   def real_inputs01(self, images_uint8, rng):
     """Weakly augmented real images in [0, 1] (rng=None: no augmentation)."""
-    return weak_augment(images_uint8, rng, crop_pad=self.crop_pad, flip=self.flip)
+    return weak_augment(images_uint8, rng, crop_pad=self.classifier.crop_pad,
+                        flip=self.classifier.flip)
 
   def real_inputs(self, images_uint8, rng, train: bool = True):
     return self.normalize(self.real_inputs01(images_uint8, rng if train else None))
 
   def normalize(self, images01):
-    return normalize(images01, self.mean, self.std)
+    return normalize(images01, self.classifier.mean, self.classifier.std)
 
   def generate(self, gen_vars, latents, labels):
     """x_p = G(latents, y_p) in [-1, 1]; labels are ignored by unconditional generators."""
-    labels = labels if self.generator.num_classes > 0 else None
-    return self.generator.apply(gen_vars, latents, labels, truncation_psi=self.truncation_psi,
-                                noise_mode='const')
+    synth = self.synthetic
+    labels = labels if synth.generator_classes > 0 else None
+    return synth.generator.apply(gen_vars, latents, labels, truncation_psi=synth.truncation_psi,
+                                 noise_mode='const')
 
   def to_classifier_input(self, images_m11):
     """Differentiable: generator output -> resized, normalised classifier input."""
-    return augment.resize_and_normalize(images_m11, self.image_size, self.mean, self.std)
+    c = self.classifier
+    return augment.resize_and_normalize(images_m11, c.image_size, c.mean, c.std)
 
 
 def cross_entropy(logits, labels):
@@ -91,7 +116,7 @@ def head_forward(model, params, feats, head: str = 'fc'):
 def eval_step(params, batch_stats, batch, *, ctx: StepContext):
   """Sums of loss and correct predictions over the real (unmasked) examples."""
   x = ctx.real_inputs(batch['image'], None, train=False)
-  logits, _ = classifier_forward(ctx.model, params, batch_stats, x, train=False)
+  logits, _ = classifier_forward(ctx.classifier.model, params, batch_stats, x, train=False)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   mask = batch['mask'].astype(jnp.float32)
   correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -100,7 +125,7 @@ def eval_step(params, batch_stats, batch, *, ctx: StepContext):
 
 
 def apply_classifier_update(state, grads, ctx: StepContext):
-  updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = ctx.classifier.tx.update(grads, state.opt_state, state.params)
   return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 

@@ -20,16 +20,17 @@ from mgr_jax.methods.common import (StepContext, accuracy, apply_classifier_upda
 def draw_synthetic(ctx: StepContext, rng, real01):
   """This step's random draws, fixed for every evaluation of the loss inside the step."""
   k_z, k_y, k_ra, k_s, k_rr = jax.random.split(rng, 5)
-  n = ctx.synthetic_batch_size
-  z_dim = ctx.generator.z_dim if ctx.generator is not None else 1
+  synth = ctx.synthetic
+  n = synth.batch_size
+  z_dim = synth.generator.z_dim if synth.generator is not None else 1
   return {
       'z': jax.random.normal(k_z, (n, z_dim)),
-      'y': jax.random.randint(k_y, (n,), 0, max(ctx.num_classes, 1)),
-      'ra': augment.sample_rand_augment(k_ra, n, ctx.ra_num_ops, ctx.ra_magnitude),
-      'latent_noise': jnp.sqrt(ctx.latent_noise_var) * jax.random.normal(k_s, (n, z_dim)),
+      'y': jax.random.randint(k_y, (n,), 0, max(synth.generator_classes, 1)),
+      'ra': augment.sample_rand_augment(k_ra, n, synth.ra_num_ops, synth.ra_magnitude),
+      'latent_noise': jnp.sqrt(synth.latent_noise_var) * jax.random.normal(k_s, (n, z_dim)),
       'real01': real01,
-      'ra_real': augment.sample_rand_augment(k_rr, real01.shape[0], ctx.ra_num_ops,
-                                             ctx.ra_magnitude),
+      'ra_real': augment.sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
+                                             synth.ra_magnitude),
   }
 
 
@@ -40,13 +41,13 @@ def _real_batch(state, batch, rng, ctx):
 
 
 def _real_ce(params, state, x, labels, ctx):
-  logits, batch_stats = classifier_forward(ctx.model, params, state.batch_stats, x)
+  logits, batch_stats = classifier_forward(ctx.classifier.model, params, state.batch_stats, x)
   return cross_entropy(logits, labels), (logits, batch_stats)
 
 
 def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   x, draws = _real_batch(state, batch, rng, ctx)
-  lam = ctx.lam_at(state.step)
+  lam = ctx.synthetic.lam_at(state.step)
 
   def loss_fn(params):
     ce, (logits, batch_stats) = _real_ce(params, state, x, batch['label'], ctx)
@@ -63,8 +64,8 @@ def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
 def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   x, draws = _real_batch(state, batch, rng, ctx)
   x_val = ctx.real_inputs(batch['val_image'], None, train=False)
-  find = lambda phi: ctx.finder.apply({'params': phi}, draws['z'])
-  lam = ctx.lam_at(state.step)
+  mc, lam = ctx.meta, ctx.synthetic.lam_at(state.step)
+  find = lambda phi: mc.finder.apply({'params': phi}, draws['z'])
 
   # ∇_θ CE(f_θ(x), y) once: the inner step and the real update share it.
   (ce, (logits, batch_stats)), ce_grad = jax.value_and_grad(_real_ce, has_aux=True)(
@@ -77,17 +78,18 @@ def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
     return lam * term_value(params, phi)
 
   def val_loss(params):  # L_val on a D_val batch, batch statistics, nothing written.
-    val_logits, _ = classifier_forward(ctx.model, params, state.batch_stats, x_val)
+    val_logits, _ = classifier_forward(ctx.classifier.model, params, state.batch_stats, x_val)
     return cross_entropy(val_logits, batch['val_label'])
 
-  inner_lr = ctx.inner_lr if ctx.inner_lr > 0 else ctx.lr_schedule(state.step)
+  inner_lr = mc.inner_lr if mc.inner_lr > 0 else ctx.classifier.lr_schedule(state.step)
   meta = hypergradient_with_aux(synthetic_loss, val_loss, state.params, state.finder_params,
-                                inner_lr, ctx.hypergrad, theta_grad_fixed=ce_grad)
+                                inner_lr, mc.hypergrad, theta_grad_fixed=ce_grad,
+                                fd_radius=mc.fd_radius)
   kl, kl_grad = jax.value_and_grad(lambda phi: finder_lib.kl_penalty(find(phi)))(
       state.finder_params)
-  finder_grad = jax.tree.map(lambda h, k: h + ctx.lam_kl * k, meta.hypergrad, kl_grad)
-  updates, finder_opt_state = ctx.finder_tx.update(finder_grad, state.finder_opt_state,
-                                                   state.finder_params)
+  finder_grad = jax.tree.map(lambda h, k: h + mc.lam_kl * k, meta.hypergrad, kl_grad)
+  updates, finder_opt_state = mc.finder_tx.update(finder_grad, state.finder_opt_state,
+                                                  state.finder_params)
   finder_params = optax.apply_updates(state.finder_params, updates)
 
   # The real update: x_p regenerated with the updated finder (same z, y_p and T draws).

@@ -19,7 +19,7 @@ def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
 
   `stop_grad_a`: g(a) is a fixed target, as the clean view is in UDA / FixMatch.
   """
-  feats = features_forward(ctx.model, params, batch_stats,
+  feats = features_forward(ctx.classifier.model, params, batch_stats,
                            jnp.concatenate([a, b]))
   fa, fb = jnp.split(feats, 2)
   if stop_grad_a:
@@ -29,30 +29,30 @@ def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
 
 def pcr(ctx, params, batch_stats, latents, draws, gen_vars):
   """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient."""
-  images = ctx.generate(gen_vars, latents, draws['y'])
-  clean, strong = augment.pcr_views(draws['ra'], images, ctx.image_size, ctx.mean, ctx.std)
-  return feature_gap(ctx, params, batch_stats, clean, strong, ctx.pcr_stop_grad)
+  images, c = ctx.generate(gen_vars, latents, draws['y']), ctx.classifier
+  clean, strong = augment.pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+  return feature_gap(ctx, params, batch_stats, clean, strong, ctx.synthetic.pcr_stop_grad)
 
 
 def gda(ctx, params, batch_stats, latents, draws, gen_vars):
   """Eq. 2: cross-entropy on (x_p, y_p) through the whole classifier."""
   x = ctx.to_classifier_input(ctx.generate(gen_vars, latents, draws['y']))
-  logits, _ = classifier_forward(ctx.model, params, batch_stats, x)
+  logits, _ = classifier_forward(ctx.classifier.model, params, batch_stats, x)
   return cross_entropy(logits, draws['y'])
 
 
 def gda_multi_head(ctx, params, batch_stats, latents, draws, gen_vars):
   """GDA through a second head ω_p: g is shared, the main head ω gets no gradient."""
   x = ctx.to_classifier_input(ctx.generate(gen_vars, latents, draws['y']))
-  feats = features_forward(ctx.model, params, batch_stats, x)
-  return cross_entropy(head_forward(ctx.model, params, feats, 'fc_p'), draws['y'])
+  feats = features_forward(ctx.classifier.model, params, batch_stats, x)
+  return cross_entropy(head_forward(ctx.classifier.model, params, feats, 'fc_p'), draws['y'])
 
 
 def uda(ctx, params, batch_stats, latents, draws, gen_vars):
   """GDA+SSL (UDA): KL(p(y|x_p) || p(y|T(x_p))) on logits, target not back-propagated."""
-  images = ctx.generate(gen_vars, latents, draws['y'])
-  clean, strong = augment.pcr_views(draws['ra'], images, ctx.image_size, ctx.mean, ctx.std)
-  logits, _ = classifier_forward(ctx.model, params, batch_stats, jnp.concatenate([clean, strong]))
+  images, c = ctx.generate(gen_vars, latents, draws['y']), ctx.classifier
+  clean, strong = augment.pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+  logits, _ = classifier_forward(ctx.classifier.model, params, batch_stats, jnp.concatenate([clean, strong]))
   clean_logits, strong_logits = jnp.split(logits, 2)
   target = jax.lax.stop_gradient(jax.nn.log_softmax(clean_logits))
   return jnp.mean(jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(strong_logits)), -1))

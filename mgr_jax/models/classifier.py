@@ -6,10 +6,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mgr_jax import checkpoints
 from mgr_jax.data.transforms import normalize, resize_image, to_uint8
 from mgr_jax.errors import UserError
-from mgr_jax.workdir import atomic_write_json, read_json
 from mgr_jax.models.resnet import ResNet18
+from mgr_jax.workdir import atomic_write_json, read_json
+
+# The items of a classifier workdir's checkpoints: the train state, the best-validation
+# model (what `load_classifier` restores) and the loop's progress.
+CHECKPOINT_ITEMS = ('state', 'best', 'progress')
 
 
 def build_model(model_config, num_classes: int) -> ResNet18:
@@ -17,9 +22,12 @@ def build_model(model_config, num_classes: int) -> ResNet18:
                   small_stem=model_config.small_stem)
 
 
+def init_variables(model, image_size: int, rng):
+  return model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+
+
 def variables_template(model, image_size: int):
   """Shapes/dtypes of {'params', 'batch_stats'} without allocating (restore target)."""
-  from mgr_jax.train.state import init_variables
   return jax.eval_shape(lambda: init_variables(model, image_size, jax.random.PRNGKey(0)))
 
 
@@ -70,28 +78,26 @@ def save_classifier(directory: str, config, class_names, variables) -> None:
 
   `variables` = {'params', 'batch_stats'} of `build_model(config.model, len(class_names))`.
   """
-  from mgr_jax.train import checkpoints
-  manager = checkpoints.open_manager(directory, max_to_keep=1)
+  manager = checkpoints.open_manager(directory, CHECKPOINT_ITEMS, max_to_keep=1)
   if manager.latest_step() is not None:
     raise UserError(f'{directory!r} already holds a checkpoint; delete it or choose another '
                     'directory.')
   write_classifier_info(directory, config, class_names)
-  checkpoints.save_best_only(manager, 0, jax.tree.map(np.asarray, variables))
+  checkpoints.save(manager, 0, best=jax.tree.map(np.asarray, variables))
 
 
 def load_classifier(directory: str) -> Classifier:
   """Opens a workdir of `mgr_jax.main` or a `converters.resnet18` output (best checkpoint)."""
-  from mgr_jax.train import checkpoints
   hint = (f'{directory!r} is not a classifier directory: pass a workdir of '
           '`python -m mgr_jax.main` (after at least one epoch) or the --out of '
           '`python -m converters.resnet18`.')
   config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json'), hint))
   class_names = read_json(os.path.join(directory, 'classes.json'), hint)
   model = build_model(config.model, len(class_names))
-  manager = checkpoints.open_manager(directory)
+  manager = checkpoints.open_manager(directory, CHECKPOINT_ITEMS)
   if manager.latest_step() is None:
     raise UserError(f'{directory!r} has no checkpoint yet. ' + hint)
   template = variables_template(model, config.data.image_size)
-  best = checkpoints.restore_best(manager, template)
+  best = checkpoints.restore(manager, best=template)['best']
   return Classifier(model, best, config.data.image_size, config.data.mean, config.data.std,
                     class_names)

@@ -10,20 +10,20 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
+from mgr_jax import checkpoints
 from mgr_jax import config as config_lib
 from mgr_jax import data as data_lib
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
-from mgr_jax.methods import METHODS, eval_step
-from mgr_jax.models.classifier import build_model, write_classifier_info
-from mgr_jax.train import checkpoints
-from mgr_jax.train.setup import build_run, val_batch
+from mgr_jax.methods import eval_step
+from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_classifier,
+                                       write_classifier_info)
+from mgr_jax.train.setup import build_run, obtain_generator, val_batch
+from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
+                             read_json, write_jsonl)
 from mgr_jax.train.state import train_epochs
-from mgr_jax.workdir import (append_jsonl, atomic_write_json, config_differences, read_json,
-                             write_jsonl)
 
 
 def evaluate(eval_fn, variables, split, batch_size, run):
@@ -34,24 +34,10 @@ def evaluate(eval_fn, variables, split, batch_size, run):
   return float(total['loss_sum'] / total['count']), float(total['correct'] / total['count'])
 
 
-def check_workdir_config(workdir, config):
-  """Refuses to resume a run made with another config (it would mix two experiments)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  diffs = config_differences(read_json(path, 'remove the workdir and start again.'),
-                             config.to_dict())
-  if diffs:
-    raise UserError(f'Workdir {workdir!r} holds a run with a different config ('
-                    + '; '.join(diffs[:8]) + '). Use a new --workdir for a new experiment, '
-                    'or the same overrides to resume this one.')
-
-
 def load_pretrained(config, model, num_classes):
   """Backbone (and fc when the class count matches) from a converted classifier dir."""
   if not config.model.pretrained:
     return None
-  from mgr_jax.models.classifier import load_classifier
   source = load_classifier(config.model.pretrained).variables
   fresh = jax.tree.map(jnp.asarray, jax.jit(model.init)(
       jax.random.fold_in(jax.random.PRNGKey(config.seed), 5),
@@ -68,18 +54,6 @@ def load_pretrained(config, model, num_classes):
   return {'params': params, 'batch_stats': source['batch_stats']}
 
 
-def obtain_generator(config, workdir):
-  """The frozen generator of methods that use one: config.generator.checkpoint, or one
-  trained on D into <workdir>/generator (once; later runs reuse it)."""
-  from mgr_jax import generators
-  from mgr_jax.train_generator import ensure_generator
-  if not METHODS[config.method].uses_generator:
-    return None
-  if config.generator.checkpoint:
-    return generators.load(config.generator.checkpoint)
-  return generators.load(ensure_generator(config, workdir))
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   results_path = os.path.join(workdir, 'results.json')
@@ -89,16 +63,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f'{results["test_acc"]:.4f}. Nothing to do; use a new --workdir to train again.')
     return results
   config_lib.validate(config)
-  check_workdir_config(workdir, config)
+  check_config(workdir, 'config.json', config.to_dict(), 'a run',
+               'Use a new --workdir for a new experiment, or the same overrides to resume '
+               'this one.')
   splits = data_lib.load_splits(config.data)  # Fails on bad data before anything is written.
   print(f'Data {config.data.source}: D {len(splits.train)}, D_val {len(splits.val)}, '
         f'test {len(splits.test)} images, {splits.num_classes} classes.')
 
   model = build_model(config.model, splits.num_classes)
   pretrained = load_pretrained(config, model, splits.num_classes)
-  generator = obtain_generator(config, workdir)
+  generator = obtain_generator(config, workdir, splits.num_classes)
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
-  state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.lr_schedule
+  state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.classifier.lr_schedule
   num_epochs = train_epochs(config, steps)
   if num_epochs > config.num_epochs:
     print(f'{steps} steps per epoch: training {num_epochs} epochs for at least '
@@ -112,10 +88,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if lead:
     atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     write_classifier_info(workdir, config, splits.class_names)
-  manager = checkpoints.open_manager(workdir, config.checkpoints_to_keep)
+  manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS, config.checkpoints_to_keep)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
-    state, best, progress = checkpoints.restore(manager, state, best)
+    restored = checkpoints.restore(manager, state=state, best=best, progress=None)
+    state, best, progress = restored['state'], restored['best'], restored['progress']
     print(f'Resuming from epoch {progress["epoch"]} of {num_epochs}.')
   if lead:
     write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
@@ -133,7 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                disable=not config.progress_bar, dynamic_ncols=True)
     for i, batch in enumerate(bar):
       if run.method.meta:
-        batch.update(val_batch(splits.val, config.synth.val_batch_size, config.seed, epoch, i))
+        batch.update(val_batch(splits.val, config.meta.val_batch_size, config.seed, epoch, i))
       state, metrics = train_step(state, run.shard_batch(batch), step_rng, run.gen_vars)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
@@ -142,10 +119,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         bar.set_postfix(loss=f'{shown["loss"] / count:.3f}',
                         acc=f'{shown["accuracy"] / count:.3f}')
     train = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-    if not all(np.isfinite(v) for v in train.values()):
-      raise UserError(f'Training diverged in epoch {epoch + 1}: train metrics {train}. Lower '
-                      '--config.learning_rate (or the method\'s loss weights) and use a new '
-                      'workdir.')
+    check_finite(train, f'Training in epoch {epoch + 1}',
+                 'Lower --config.learning_rate (or the method\'s loss weights)')
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, run)
     if val_acc > progress['best_val_acc']:
@@ -158,7 +133,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress['history'].append(row)
     progress['epoch'] = epoch + 1
     progress['train_seconds'] += row['seconds']
-    checkpoints.save(manager, epoch + 1, state, best, progress)
+    checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress)
     if lead:
       append_jsonl(metrics_path, row)
     print(f'epoch {epoch + 1:3d}/{num_epochs}  train loss {train["loss"]:.4f} '

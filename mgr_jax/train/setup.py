@@ -2,6 +2,7 @@
 the static step context, and the device mesh (data parallel over all devices)."""
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import jax
@@ -10,9 +11,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mgr_jax import finder as finder_lib
+from mgr_jax import generators
 from mgr_jax.data import pipeline
 from mgr_jax.errors import UserError
-from mgr_jax.methods import METHODS, Method, StepContext
+from mgr_jax.gan.loop import GENERATOR_SUBDIR, TRAINING_SUBDIR, train_generator
+from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
+                             SyntheticContext)
 from mgr_jax.models.classifier import build_model
 from mgr_jax.models.resnet import ResNet18, feature_dim
 from mgr_jax.train.state import (TrainState, create_train_state, lam_schedule, lr_schedule,
@@ -49,12 +53,40 @@ class Run:
     return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0)
 
 
-def check_generator(method_name, method, generator, num_classes):
+def generator_dir(config, workdir: str) -> str:
+  """`config.generator.checkpoint` if set, else <workdir>/generator: trained on D the first
+  time (checkpoints and logs in <workdir>/generator_training) and reused afterwards."""
+  if config.generator.checkpoint:
+    return config.generator.checkpoint
+  workdir = os.path.abspath(workdir)
+  return train_generator(config, os.path.join(workdir, TRAINING_SUBDIR),
+                         out_dir=os.path.join(workdir, GENERATOR_SUBDIR))
+
+
+def obtain_generator(config, workdir: str, num_classes: int):
+  """The frozen generator of `config.method` (None for a method that uses none), loaded from
+  `generator_dir` and checked against the method and the data's `num_classes`."""
+  if not METHODS[config.method].uses_generator:
+    return None
+  generator = generators.load(generator_dir(config, workdir))
+  check_generator(config.method, generator, num_classes)
+  labels = (f'{generator.num_classes} classes' if generator.num_classes
+            else 'unconditional')
+  size = config.data.image_size
+  resize = f', x_p resized to {size} px' if generator.resolution != size else ''
+  print(f'Generator {generator.path}: {generator.kind}, {labels}, '
+        f'{generator.resolution} px{resize}.')
+  return generator
+
+
+def check_generator(method_name, generator, num_classes):
+  """Methods that train on y_p need a conditional generator over the data's classes; the
+  others take any generator (y_p only selects its class)."""
   if generator is None:
     raise UserError(f'Method {method_name!r} needs a generator: pass '
                     '--config.generator.checkpoint=DIR (a directory written by '
                     '`python -m mgr_jax.train_generator` or a converter).')
-  if method.needs_labels and generator.num_classes != num_classes:
+  if METHODS[method_name].needs_labels and generator.num_classes != num_classes:
     raise UserError(
         f'Method {method_name!r} trains on (x_p, y_p) and needs a conditional generator over '
         f'the dataset\'s {num_classes} classes, but the generator has '
@@ -73,11 +105,10 @@ def make_mesh(config, devices=None) -> Mesh:
 
 def build_run(config, num_classes: int, num_train: int, generator=None, pretrained=None,
               devices=None) -> Run:
-  """`devices`: the data-parallel mesh (default: every device of every process)."""
+  """`generator`: from `obtain_generator` (checked there). `devices`: the data-parallel mesh
+  (default: every device of every process)."""
   method = METHODS[config.method]
-  if method.uses_generator:
-    check_generator(config.method, method, generator, num_classes)
-  else:
+  if not method.uses_generator:
     generator = None  # `base` and `real_cr` never call a generator.
   mesh = make_mesh(config, devices)
   model = build_model(config.model, num_classes)
@@ -90,26 +121,31 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
     head = model.init(jax.random.fold_in(rng, 3), feats, method=ResNet18.head)['params']['fc']
     params = dict(state.params, fc_p=head)
     state = state.replace(params=params, opt_state=tx.init(params))
-  finder = finder_tx = None
+  meta = None
   if method.meta:
-    finder = finder_lib.make_finder(config.finder.arch, generator.z_dim,
-                                    config.finder.hidden or None,
-                                    zero_init_last=config.finder.identity_init)
-    finder_tx = finder_lib.finder_optimizer(config.finder.lr)
+    fcfg = config.meta.finder
+    finder = finder_lib.make_finder(fcfg.arch, generator.z_dim, fcfg.hidden or None,
+                                    zero_init_last=fcfg.identity_init)
+    finder_tx = finder_lib.finder_optimizer(fcfg.lr)
     phi = finder.init(jax.random.fold_in(rng, 2), jnp.zeros((1, generator.z_dim)))['params']
     state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
+    meta = MetaContext(finder=finder, finder_tx=finder_tx, lam_kl=config.meta.lam_kl,
+                       inner_lr=config.meta.inner_lr, hypergrad=config.meta.hypergrad,
+                       fd_radius=config.meta.fd_radius)
+  data = config.data
   ctx = StepContext(
-      model=model, tx=tx, lr_schedule=lr_schedule(config, steps),
-      lam_schedule=lam_schedule(config, steps), pcr_stop_grad=config.synth.pcr_stop_grad,
-      crop_pad=config.data.crop_pad, flip=config.data.flip, mean=tuple(config.data.mean),
-      std=tuple(config.data.std), image_size=config.data.image_size,
-      num_classes=(generator.num_classes if generator is not None else 0),
-      generator=generator, finder=finder, finder_tx=finder_tx, lam=config.synth.lam,
-      lam_kl=config.synth.lam_kl, synthetic_batch_size=config.synth.batch_size,
-      ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
-      inner_lr=config.synth.inner_lr, hypergrad=config.hypergrad,
-      latent_noise_var=config.synth.latent_noise_var,
-      truncation_psi=config.synth.truncation_psi)
+      classifier=ClassifierContext(
+          model=model, tx=tx, lr_schedule=lr_schedule(config, steps), crop_pad=data.crop_pad,
+          flip=data.flip, mean=tuple(data.mean), std=tuple(data.std),
+          image_size=data.image_size),
+      synthetic=SyntheticContext(
+          generator=generator, lam=config.synth.lam, batch_size=config.synth.batch_size,
+          ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
+          latent_noise_var=config.synth.latent_noise_var,
+          truncation_psi=config.synth.truncation_psi,
+          lam_schedule=lam_schedule(config, steps),
+          pcr_stop_grad=config.synth.pcr_stop_grad),
+      meta=meta)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   gen_vars = jax.device_put(generator.variables, replicated) if generator is not None else {}

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mgr_jax.models.classifier import init_variables
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -60,10 +62,6 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(lr_schedule(config, steps_per_epoch), momentum=config.momentum,
                 nesterov=config.nesterov))
-
-
-def init_variables(model, image_size: int, rng):
-  return model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
 
 
 def create_train_state(model, tx, image_size: int, rng, variables=None) -> TrainState:

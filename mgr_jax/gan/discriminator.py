@@ -1,6 +1,6 @@
 """StyleGAN2-ADA discriminator (NVlabs/stylegan2-ada-pytorch `training/networks.py`) in Flax.
 
-Only needed to *train* a generator (`mgr_jax.train_generator`); MGR itself uses G alone.
+Only needed to *train* a generator (`mgr_jax.gan`); MGR itself uses G alone.
 Variable names and layouts mirror the official `state_dict`, as in `stylegan2.py`:
 
   official key               Flax variable (variables['params'][...])

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax.generators import ada as ada_lib
+from mgr_jax.gan import ada as ada_lib
 from mgr_jax.generators import stylegan2
-from mgr_jax.generators.discriminator import Discriminator
+from mgr_jax.gan.discriminator import Discriminator
 
 
 @dataclasses.dataclass(frozen=True)
