@@ -18,7 +18,8 @@ if REPO not in sys.path:
 def tiny_overrides(**extra):
   """CLI overrides that make configs/digits.py train in seconds."""
   values = {'method': 'base', 'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,
-            'model.width': 0.125, 'batch_size': 32, 'progress_bar': False}
+            'model.width': 0.125, 'batch_size': 32, 'progress_bar': False,
+            'min_train_steps': 0}
   values.update(extra)
   return [f'--config.{k}={v}' for k, v in values.items()]
 
@@ -34,4 +35,6 @@ def tiny_config():
   c.model.width = 0.125
   c.batch_size = 32
   c.progress_bar = False
+  c.min_train_steps = 0  # Tests train for exactly num_epochs.
+  c.synth.lam_warmup = 0.0  # Full λ from step 0, so one step shows each term's effect.
   return c

@@ -17,7 +17,23 @@ def _config(tiny_config, method):
   c.method = method
   c.batch_size, c.eval_batch_size = 16, 16
   c.synth.batch_size, c.meta.val_batch_size = 8, 8
+  c.synth.lam_warmup = 0.0  # Full λ at step 0: one step shows each term's effect.
   return c
+
+
+def test_lam_warmup_scales_the_synthetic_term(tiny_config, splits):
+  """With warm-up, λ is 0 at step 0: the pcr step equals one with λ = 0."""
+  def first_step(lam, warmup):
+    c = _config(tiny_config.copy_and_resolve_references(), 'pcr')
+    c.synth.lam, c.synth.lam_warmup = lam, warmup
+    run = build_run(c, splits.num_classes, len(splits.train), TinyGenerator(),
+                    devices=jax.devices()[:1])
+    state, _ = run.jit_step()(run.state, run.shard_batch(_batch(run, splits)),
+                              jax.random.PRNGKey(0), run.gen_vars)
+    return jax.tree.map(np.asarray, state.params)
+  ramped, zero, full = first_step(0.5, 0.5), first_step(0.0, 0.0), first_step(0.5, 0.0)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, ramped, zero)))
+  assert any(jax.tree.leaves(_changed(ramped, full)))
 
 
 @pytest.fixture(scope='module')
