@@ -4,7 +4,7 @@ gen_vars) -> scalar`, added to the real cross-entropy with weight λ.
 `latents` are z (no finder) or F_φ(z) (meta-learning methods); `draws` holds this step's
 fixed random draws (z, y_p, RandAugment ops, latent noise, the real batch in [0, 1]), so a
 term is a deterministic function of (params, latents): the inner step and θ± of the
-hypergradient see the same randomness (DESIGN.md §1).
+hypergradient see the same randomness (docs/method.md, "Shared randomness").
 """
 import jax
 import jax.numpy as jnp
