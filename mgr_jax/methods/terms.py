@@ -9,10 +9,10 @@ hypergradient see the same randomness (docs/method.md, "Shared randomness").
 import jax
 import jax.numpy as jnp
 
-from mgr_jax.methods.views import pcr_views
-from mgr_jax.randaugment import apply_rand_augment
 from mgr_jax.methods.common import (classifier_forward, cross_entropy, features_forward,
                                     head_forward)
+from mgr_jax.methods.views import pcr_views
+from mgr_jax.randaugment import apply_rand_augment
 
 
 def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
