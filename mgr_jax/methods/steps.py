@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import optax
 
 from mgr_jax import finder as finder_lib
-from mgr_jax.randaugment import sample_rand_augment
 from mgr_jax.meta import hypergradient_with_aux
 from mgr_jax.methods.common import (StepContext, accuracy, apply_classifier_update,
                                     classifier_forward, cross_entropy)
+from mgr_jax.randaugment import sample_rand_augment
 
 
 def draw_synthetic(ctx: StepContext, rng, real01):
@@ -31,7 +31,7 @@ def draw_synthetic(ctx: StepContext, rng, real01):
       'latent_noise': jnp.sqrt(synth.latent_noise_var) * jax.random.normal(k_s, (n, z_dim)),
       'real01': real01,
       'ra_real': sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
-                                             synth.ra_magnitude),
+                                     synth.ra_magnitude),
   }
 
 
