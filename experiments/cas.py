@@ -10,12 +10,14 @@ share labelled as the class they were generated for; per-class scores are printe
 """
 import argparse
 import json
-import sys
 
 import jax
 import numpy as np
 
+from mgr_jax import generators
+from mgr_jax.cli import exit_on_user_error
 from mgr_jax.errors import UserError
+from mgr_jax.models import load_classifier
 
 
 def classification_accuracy_score(gen, clf, n: int = 1000, seed: int = 0,
@@ -40,6 +42,7 @@ def classification_accuracy_score(gen, clf, n: int = 1000, seed: int = 0,
   return float(correct.mean()), per_class
 
 
+@exit_on_user_error
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
   parser.add_argument('--generator', required=True, help='Generator directory.')
@@ -49,16 +52,10 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--truncation', type=float, default=1.0)
   args = parser.parse_args(argv)
-  from mgr_jax import generators
-  from mgr_jax.models import load_classifier
-  try:
-    gen = generators.load(args.generator)
-    clf = load_classifier(args.classifier)
-    score, per_class = classification_accuracy_score(gen, clf, args.n, args.seed,
-                                                     args.truncation)
-  except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+  gen = generators.load(args.generator)
+  clf = load_classifier(args.classifier)
+  score, per_class = classification_accuracy_score(gen, clf, args.n, args.seed,
+                                                   args.truncation)
   for name, acc in zip(clf.class_names, per_class):
     print(f'class {name}: {acc:.3f}')
   print(f'CAS {score:.4f} ({args.n} samples, truncation {args.truncation})')

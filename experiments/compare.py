@@ -11,11 +11,11 @@ The table is written to <workdir>/summary.json as well.
 import json
 import os
 import statistics
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from mgr_jax import cli
 from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS
 from mgr_jax.train.loop import train_and_evaluate
@@ -66,17 +66,10 @@ def compare(config, workdir, methods, seeds):
   return rows
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value,
-            [int(s) for s in _SEEDS.value])
-  except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+def main():
+  compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value,
+          [int(s) for s in _SEEDS.value])
 
 
 if __name__ == '__main__':
-  from mgr_jax.cli import parse_flags
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -1,7 +1,10 @@
 """Shared command-line plumbing of the entry points (main, train_generator, experiments)."""
+import functools
 import sys
 
-from absl import flags
+from absl import app, flags, logging
+
+from mgr_jax.errors import UserError
 
 
 def _config_keys(argv):
@@ -28,3 +31,28 @@ def parse_flags(argv):
           'the config file; see configs/*.py and mgr_jax/config.py:base_config for the keys '
           '(e.g. --config.data.fraction=0.1, --config.model.width=0.5).', file=sys.stderr)
     sys.exit(2)
+
+
+def exit_on_user_error(fn):
+  """`fn` with its UserError (a problem the user can fix) printed as 'Error: …' on stderr and
+  exit status 2, without a traceback; anything else is a bug and keeps its traceback."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except UserError as e:
+      print(f'Error: {e}', file=sys.stderr)
+      sys.exit(2)
+  return wrapper
+
+
+def run(main):
+  """`app.run(main)` for the absl entry points: config-key errors and UserError as messages
+  (exit 2), Orbax's per-file INFO logs off, no positional arguments."""
+  @exit_on_user_error
+  def wrapped(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    logging.set_verbosity(logging.WARNING)
+    return main()
+  app.run(wrapped, flags_parser=parse_flags)

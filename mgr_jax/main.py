@@ -5,13 +5,10 @@
 
 Running the same command again resumes an interrupted run; a finished run is not retrained.
 """
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from mgr_jax.cli import parse_flags
-from mgr_jax.errors import UserError
+from mgr_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -19,20 +16,14 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metr
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
-  from mgr_jax.train.loop import train_and_evaluate  # After flag parsing: a fast --help.
+def main():
+  # Imported after flag parsing: --help stays fast.
+  import jax
+  from mgr_jax.train.loop import train_and_evaluate
   if _CONFIG.value.distributed:
-    import jax
     jax.distributed.initialize()  # Coordinator and process ids from the cluster environment.
-  try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

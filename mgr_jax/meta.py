@@ -1,4 +1,4 @@
-"""The MPS hypergradient ∇_φ L_val(θ'(φ)), model-agnostic (DESIGN.md §1, paper Eq. 7-9).
+"""The MPS hypergradient ∇_φ L_val(θ'(φ)), model-agnostic (docs/method.md, paper Eq. 7-9).
 
     θ'(φ) = θ − η ∇_θ L_train(θ, φ)                       (Eq. 8, one plain SGD step)
     hypergradient = ∇_φ L_val(θ'(φ)) = −η ∇²_φθ L_train(θ, φ) · ∇_θ' L_val(θ')
@@ -35,7 +35,7 @@ full loss.
 
 BatchNorm. Evaluate the classifier in train mode (batch statistics) inside both losses and return
 the updated batch statistics, if you want them, as aux; do not write them anywhere: only the real
-update writes running statistics (DESIGN.md §1).
+update writes running statistics (docs/method.md, "BatchNorm").
 """
 from typing import Any, Callable, Optional
 

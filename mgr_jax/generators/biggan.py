@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from mgr_jax.errors import UserError
+from mgr_jax.generators.io import GeneratorDef
 
 KIND = 'biggan'
 
@@ -304,7 +305,6 @@ def generator_def(kwargs):
   The loaded generator's `truncation_psi` is BigGAN's truncation (which BN-statistics row);
   z is used as given (sample it with `truncated_noise` for the usual truncation trick).
   """
-  from mgr_jax.generators.io import GeneratorDef  # pylint: disable=import-outside-toplevel
   kwargs = config_kwargs(dict(kwargs))
   module = BigGAN(**kwargs)
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgr_jax.errors import UserError
+from mgr_jax.generators.io import GeneratorDef
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -671,7 +672,6 @@ def generate(G: Generator, variables, z, labels=None, truncation_psi=1.0,
 
 def generator_def(kwargs: Mapping[str, Any]):
   """Registry entry (mgr_jax.generators.io.KINDS['stylegan2'])."""
-  from mgr_jax.generators.io import GeneratorDef  # pylint: disable=import-outside-toplevel
   G = Generator.from_kwargs(kwargs)
 
   def apply(variables, z, labels=None, truncation_psi=1.0, noise_mode='const', rng=None,

@@ -5,9 +5,9 @@ from typing import Any, Callable, Optional, Tuple
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import augment
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
+from mgr_jax.methods.views import resize_and_normalize
 from mgr_jax.models.resnet import ResNet18
 
 
@@ -85,7 +85,7 @@ class StepContext:
   def to_classifier_input(self, images_m11):
     """Differentiable: generator output -> resized, normalised classifier input."""
     c = self.classifier
-    return augment.resize_and_normalize(images_m11, c.image_size, c.mean, c.std)
+    return resize_and_normalize(images_m11, c.image_size, c.mean, c.std)
 
 
 def cross_entropy(logits, labels):

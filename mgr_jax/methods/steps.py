@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import augment, finder as finder_lib
+from mgr_jax import finder as finder_lib
 from mgr_jax.meta import hypergradient_with_aux
 from mgr_jax.methods.common import (StepContext, accuracy, apply_classifier_update,
                                     classifier_forward, cross_entropy)
+from mgr_jax.randaugment import sample_rand_augment
 
 
 def draw_synthetic(ctx: StepContext, rng, real01):
@@ -26,11 +27,11 @@ def draw_synthetic(ctx: StepContext, rng, real01):
   return {
       'z': jax.random.normal(k_z, (n, z_dim)),
       'y': jax.random.randint(k_y, (n,), 0, max(synth.generator_classes, 1)),
-      'ra': augment.sample_rand_augment(k_ra, n, synth.ra_num_ops, synth.ra_magnitude),
+      'ra': sample_rand_augment(k_ra, n, synth.ra_num_ops, synth.ra_magnitude),
       'latent_noise': jnp.sqrt(synth.latent_noise_var) * jax.random.normal(k_s, (n, z_dim)),
       'real01': real01,
-      'ra_real': augment.sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
-                                             synth.ra_magnitude),
+      'ra_real': sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
+                                     synth.ra_magnitude),
   }
 
 

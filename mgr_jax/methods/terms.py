@@ -4,14 +4,15 @@ gen_vars) -> scalar`, added to the real cross-entropy with weight λ.
 `latents` are z (no finder) or F_φ(z) (meta-learning methods); `draws` holds this step's
 fixed random draws (z, y_p, RandAugment ops, latent noise, the real batch in [0, 1]), so a
 term is a deterministic function of (params, latents): the inner step and θ± of the
-hypergradient see the same randomness (DESIGN.md §1).
+hypergradient see the same randomness (docs/method.md, "Shared randomness").
 """
 import jax
 import jax.numpy as jnp
 
-from mgr_jax import augment
 from mgr_jax.methods.common import (classifier_forward, cross_entropy, features_forward,
                                     head_forward)
+from mgr_jax.methods.views import pcr_views
+from mgr_jax.randaugment import apply_rand_augment
 
 
 def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
@@ -30,7 +31,7 @@ def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
 def pcr(ctx, params, batch_stats, latents, draws, gen_vars):
   """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient."""
   images, c = ctx.generate(gen_vars, latents, draws['y']), ctx.classifier
-  clean, strong = augment.pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+  clean, strong = pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
   return feature_gap(ctx, params, batch_stats, clean, strong, ctx.synthetic.pcr_stop_grad)
 
 
@@ -51,8 +52,9 @@ def gda_multi_head(ctx, params, batch_stats, latents, draws, gen_vars):
 def uda(ctx, params, batch_stats, latents, draws, gen_vars):
   """GDA+SSL (UDA): KL(p(y|x_p) || p(y|T(x_p))) on logits, target not back-propagated."""
   images, c = ctx.generate(gen_vars, latents, draws['y']), ctx.classifier
-  clean, strong = augment.pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
-  logits, _ = classifier_forward(ctx.classifier.model, params, batch_stats, jnp.concatenate([clean, strong]))
+  clean, strong = pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+  logits, _ = classifier_forward(ctx.classifier.model, params, batch_stats,
+                                 jnp.concatenate([clean, strong]))
   clean_logits, strong_logits = jnp.split(logits, 2)
   target = jax.lax.stop_gradient(jax.nn.log_softmax(clean_logits))
   return jnp.mean(jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(strong_logits)), -1))
@@ -70,5 +72,5 @@ def real_consistency(ctx, params, batch_stats, latents, draws, gen_vars):
   """Real CR (Table 2): PCR's loss on the real batch, ||g(T(x)) − g(x)||²."""
   del latents, gen_vars
   x01 = draws['real01']
-  strong = augment.apply_rand_augment(x01, draws['ra_real'])
+  strong = apply_rand_augment(x01, draws['ra_real'])
   return feature_gap(ctx, params, batch_stats, ctx.normalize(x01), ctx.normalize(strong))

@@ -21,9 +21,9 @@ from mgr_jax.methods import eval_step
 from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_classifier,
                                        write_classifier_info)
 from mgr_jax.train.setup import build_run, obtain_generator, val_batch
+from mgr_jax.train.state import train_epochs
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
                              read_json, write_jsonl)
-from mgr_jax.train.state import train_epochs
 
 
 def evaluate(eval_fn, variables, split, batch_size, run):

@@ -1,4 +1,4 @@
-"""Differentiable strong augmentation T (RandAugment) and resizing of generator output.
+"""Differentiable strong augmentation T of PCR: RandAugment, per-sample ops inside jit.
 
 Images are float NHWC in [0, 1]; every op returns an image in [0, 1] and is differentiable
 w.r.t. the image (PCR back-propagates through T(x_p) into the generator and the finder).
@@ -45,17 +45,16 @@ brightness, per-channel mean, HSV saturation), not RandAugment's PIL enhancers, 
 
 Randomness: `sample_rand_augment` draws the per-sample ops once; `apply_rand_augment` is then a
 deterministic function of (images, params). In MGR the same draws must be used in the inner
-step and at θ± (see mgr_jax/meta.py): sample once per step, or call `rand_augment` with the
-same key.
+step and at θ± (docs/method.md, "Shared randomness"): sample once per step, or call
+`rand_augment` with the same key.
 """
-from typing import Sequence, Tuple, Union
+from typing import Sequence, Tuple
 
 import dm_pix as pix
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from mgr_jax.data.transforms import normalize  # The same (x − mean) / std as real data.
 from mgr_jax.errors import UserError
 
 MAX_MAGNITUDE = 30.0
@@ -363,46 +362,3 @@ def rand_augment(rng, images, num_ops: int = 2, magnitude=10.0, *, ops: Sequence
   params = sample_rand_augment(rng, images.shape[0], num_ops, magnitude, ops=ops,
                                random_magnitude=random_magnitude)
   return apply_rand_augment(images, params, ops=ops, fill=fill)
-
-
-# --- generator output → classifier input ---------------------------------------------------
-
-
-def to_unit_range(images_m11):
-  """Generator output in [−1, 1] → [0, 1], clipped (saturated pixels get no gradient)."""
-  return jnp.clip((images_m11 + 1.0) * 0.5, 0.0, 1.0)
-
-
-def resize(images, size: Union[int, Tuple[int, int]], antialias: bool = True):
-  """Differentiable bilinear resize of NHWC images to ``size`` (int or (h, w))."""
-  h, w = (size, size) if isinstance(size, int) else tuple(size)
-  if images.shape[1:3] == (h, w):
-    return images
-  shape = (images.shape[0], h, w, images.shape[-1])
-  return jax.image.resize(images, shape, method='linear', antialias=antialias)
-
-
-def resize_and_normalize(images_m11, size, mean: Sequence[float], std: Sequence[float],
-                         antialias: bool = True):
-  """Generator output in [−1, 1] → classifier input: to [0, 1], resize, normalise.
-
-  For the augmented branch of PCR use the pieces: ``normalize(rand_augment(rng,
-  resize(to_unit_range(x), size)), mean, std)`` (augment at the classifier's resolution).
-  """
-  return normalize(resize(to_unit_range(images_m11), size, antialias), mean, std)
-
-
-def pcr_views(rng_or_params, images_m11, size, mean, std, *, num_ops: int = 2,
-              magnitude=10.0, ops: Sequence[str] = OPS, random_magnitude: bool = False,
-              fill: float = 0.5):
-  """(x_p, T(x_p)) as classifier inputs, both from one resize: what PCR (Eq. 5) compares.
-
-  ``rng_or_params``: a PRNG key, or `RandAugmentParams` drawn beforehand (to reuse the draws).
-  """
-  x01 = resize(to_unit_range(images_m11), size)
-  if isinstance(rng_or_params, RandAugmentParams):
-    augmented = apply_rand_augment(x01, rng_or_params, ops=ops, fill=fill)
-  else:
-    augmented = rand_augment(rng_or_params, x01, num_ops, magnitude, ops=ops,
-                             random_magnitude=random_magnitude, fill=fill)
-  return normalize(x01, mean, std), normalize(augmented, mean, std)

@@ -1,4 +1,5 @@
-"""Differentiable RandAugment: range, jit, gradients, per-sample ops, PIL parity where exact."""
+"""Differentiable RandAugment: range, jit, gradients, per-sample ops, PIL parity where exact;
+the generator-to-classifier views of methods/views.py."""
 import functools
 
 import jax
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mgr_jax import augment
+from mgr_jax import randaugment
+from mgr_jax.methods import views
 from mgr_jax.errors import UserError
 
-B, H, W, C = len(augment.OPS), 16, 16, 3
+B, H, W, C = len(randaugment.OPS), 16, 16, 3
 SIGN = jnp.where(jnp.arange(B) % 2 == 0, 1.0, -1.0)
 
 
@@ -27,7 +29,7 @@ IMAGES = _images()
 COTANGENT = jnp.asarray(np.random.RandomState(1).standard_normal((B, H, W, C)), jnp.float32)
 
 
-_sample = jax.jit(augment.sample_rand_augment, static_argnums=(1, 2),
+_sample = jax.jit(randaugment.sample_rand_augment, static_argnums=(1, 2),
                   static_argnames=('ops', 'random_magnitude'))
 
 
@@ -35,12 +37,12 @@ _sample = jax.jit(augment.sample_rand_augment, static_argnums=(1, 2),
 def _op_fn(name):
   """jit((images, magnitude, sign) -> (T(images), d<cotangent, T(images)>/d images)); cached."""
   def f(images, magnitude, sign):
-    out, vjp = jax.vjp(lambda x: augment.apply_op(x, name, magnitude, sign), images)
+    out, vjp = jax.vjp(lambda x: randaugment.apply_op(x, name, magnitude, sign), images)
     return out, vjp(COTANGENT)[0]
   return jax.jit(f)
 
 
-@pytest.mark.parametrize('name', augment.OPS)
+@pytest.mark.parametrize('name', randaugment.OPS)
 def test_op_range_jit_and_gradient(name):
   for magnitude in (30.0, 13.0):
     out, grad = _op_fn(name)(IMAGES, magnitude, SIGN)
@@ -58,10 +60,10 @@ def test_op_range_jit_and_gradient(name):
 
 def test_per_sample_dispatch_equals_single_ops():
   """Sample i gets op i: the shared warp/blend/select machinery gives each op's own result."""
-  params = augment.RandAugmentParams(op_index=jnp.arange(B, dtype=jnp.int32)[None],
+  params = randaugment.RandAugmentParams(op_index=jnp.arange(B, dtype=jnp.int32)[None],
                                      magnitude=jnp.full((1, B), 20.0), sign=SIGN[None])
-  out = jax.jit(augment.apply_rand_augment)(IMAGES, params)
-  for i, name in enumerate(augment.OPS):
+  out = jax.jit(randaugment.apply_rand_augment)(IMAGES, params)
+  for i, name in enumerate(randaugment.OPS):
     single, _ = _op_fn(name)(IMAGES, 20.0, SIGN)
     np.testing.assert_allclose(out[i], single[i], atol=1e-6, err_msg=name)
 
@@ -74,7 +76,7 @@ def test_known_values():
   np.testing.assert_allclose(out, jnp.where(x > 0, 1 - x, x), atol=1e-7)
   # translate_x by exactly +2 pixels (sign +1): out[:, :, j] = x[:, :, j + 2].
   shift = 2.0
-  magnitude = augment.MAX_MAGNITUDE * shift / (augment.MAX_TRANSLATE * W)
+  magnitude = randaugment.MAX_MAGNITUDE * shift / (randaugment.MAX_TRANSLATE * W)
   out, _ = _op_fn('translate_x')(x, magnitude, jnp.ones(B))
   np.testing.assert_allclose(out[:, :, :-2], x[:, :, 2:], atol=1e-5)
   np.testing.assert_allclose(out[:, :, -2:], 0.5, atol=1e-5)  # the fill
@@ -95,7 +97,7 @@ def test_equalize_and_posterize_match_pil():
 
 @jax.jit
 def _rand_augment_value_and_grad(rng, images):
-  out, vjp = jax.vjp(lambda x: augment.rand_augment(rng, x, num_ops=2, magnitude=15.0), images)
+  out, vjp = jax.vjp(lambda x: randaugment.rand_augment(rng, x, num_ops=2, magnitude=15.0), images)
   return out, vjp(COTANGENT)[0]
 
 
@@ -110,7 +112,8 @@ def test_rand_augment_whole():
   assert np.all(np.abs(np.asarray(grad)).reshape(B, -1).max(axis=1) > 0)
   # Deterministic in the key, and equal to sampling then applying.
   np.testing.assert_array_equal(_rand_augment_value_and_grad(rng, IMAGES)[0], out)
-  np.testing.assert_allclose(jax.jit(augment.apply_rand_augment)(IMAGES, params), out, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(randaugment.apply_rand_augment)(IMAGES, params), out,
+                             atol=1e-6)
 
 
 def test_rand_augment_is_per_sample():
@@ -134,15 +137,15 @@ def test_random_magnitude():
 
 def test_unknown_op():
   with pytest.raises(UserError, match='translate_x'):
-    augment.apply_op(IMAGES, 'cutout')
+    randaugment.apply_op(IMAGES, 'cutout')
   with pytest.raises(UserError):
-    augment.sample_rand_augment(jax.random.key(0), 2, ops=('rotate', 'mixup'))
+    randaugment.sample_rand_augment(jax.random.key(0), 2, ops=('rotate', 'mixup'))
 
 
 def test_resize_and_normalize():
   mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
   x = jnp.full((2, 8, 8, 3), 0.2)  # [-1, 1] → 0.6 in [0, 1]
-  f = jax.jit(lambda x: augment.resize_and_normalize(x, 12, mean, std))
+  f = jax.jit(lambda x: views.resize_and_normalize(x, 12, mean, std))
   out = f(x)
   assert out.shape == (2, 12, 12, 3)
   np.testing.assert_allclose(out, (0.6 - np.array(mean)) / np.array(std) * np.ones_like(out),
@@ -150,14 +153,14 @@ def test_resize_and_normalize():
   y = jax.random.uniform(jax.random.key(0), (2, 24, 24, 3), minval=-1, maxval=1)
   grad = jax.grad(lambda y: jnp.sum(jnp.sin(f(y))))(y)  # downsampling, antialiased
   assert np.all(np.isfinite(grad)) and np.all(np.abs(grad) > 0)
-  np.testing.assert_array_equal(augment.to_unit_range(jnp.array([-3., -1., 0., 1., 3.])),
+  np.testing.assert_array_equal(views.to_unit_range(jnp.array([-3., -1., 0., 1., 3.])),
                                 [0., 0., 0.5, 1., 1.])
 
 
 def test_pcr_views_reuse_draws():
   params = _sample(jax.random.key(6), B, 2, 10.0)
-  views = jax.jit(lambda p, x: augment.pcr_views(p, x, H, (0.5,) * 3, (0.5,) * 3))
-  plain, aug = views(params, IMAGES * 2 - 1)
+  make_views = jax.jit(lambda p, x: views.pcr_views(p, x, H, (0.5,) * 3, (0.5,) * 3))
+  plain, aug = make_views(params, IMAGES * 2 - 1)
   np.testing.assert_allclose(plain, IMAGES * 2 - 1, atol=1e-6)  # same size: to [0,1] and back
-  expected = jax.jit(augment.apply_rand_augment)(IMAGES, params) * 2 - 1
+  expected = jax.jit(randaugment.apply_rand_augment)(IMAGES, params) * 2 - 1
   np.testing.assert_allclose(aug, expected, atol=1e-5)
