@@ -1,7 +1,13 @@
 """Shared command-line plumbing of the entry points (main, train_generator, experiments)."""
+import contextlib
+import logging as std_logging
+import os
 import sys
 
 from absl import flags
+
+from mgr_jax.errors import UserError
+from mgr_jax.workdir import disk_problem
 
 
 def _config_keys(argv):
@@ -9,9 +15,13 @@ def _config_keys(argv):
 
 
 def parse_flags(argv):
-  """absl parsing, with a one-paragraph error for a --config.key that does not exist."""
+  """absl parsing, with a one-paragraph error for a bad --config file, key or value."""
   try:
     return flags.FLAGS(argv)
+  except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
+    print(f'Error: {e}. Give each --config.key a value of the type of its default in the '
+          'config file (see configs/*.py and mgr_jax/config.py:base_config).', file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     # Only on this error path: mgr_jax.config loads the method registry (JAX), and --help
     # must stay fast.
@@ -28,3 +38,32 @@ def parse_flags(argv):
           'the config file; see configs/*.py and mgr_jax/config.py:base_config for the keys '
           '(e.g. --config.data.fraction=0.1, --config.model.width=0.5).', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # ml_collections: the --config file is missing or does not load.
+    print(f'Error: {e}. Pass --config=configs/<name>.py (a file with a get_config() function; '
+          'see configs/).', file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Exit 2 with one paragraph for a UserError or an unwritable/full workdir."""
+  try:
+    yield
+  except UserError as e:
+    _exit(f'Error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    problem = disk_problem(e)
+    if problem is None:
+      raise
+    _exit(f'Error: cannot write the workdir: {problem}. Free some space or make the '
+          'workdir writable (or choose another --workdir), then run the same command again: '
+          'it resumes from the last checkpoint.')
+
+
+def _exit(message: str):
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Orbax's background threads may still be failing on the same disk; exiting without
+  # interpreter shutdown spares the user their "Event loop is closed" tracebacks.
+  std_logging.disable(std_logging.CRITICAL)
+  os._exit(2)

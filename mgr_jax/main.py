@@ -5,13 +5,10 @@
 
 Running the same command again resumes an interrupted run; a finished run is not retrained.
 """
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax.cli import parse_flags
-from mgr_jax.errors import UserError
+from mgr_jax.cli import parse_flags, user_errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -27,11 +24,8 @@ def main(argv):
   if _CONFIG.value.distributed:
     import jax
     jax.distributed.initialize()  # Coordinator and process ids from the cluster environment.
-  try:
+  with user_errors():
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

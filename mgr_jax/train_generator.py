@@ -7,13 +7,10 @@
 Settings: `config.data` and `config.generator`; what the workdir gets: `mgr_jax/gan/loop.py`.
 Running the same command again resumes; a finished run says so and does nothing.
 """
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax.cli import parse_flags
-from mgr_jax.errors import UserError
+from mgr_jax.cli import parse_flags, user_errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -27,11 +24,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   from mgr_jax.gan.loop import train_generator  # After flag parsing: a fast --help.
-  try:
+  with user_errors():
     train_generator(_CONFIG.value, _WORKDIR.value)
-  except UserError as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ from mgr_jax.gan.discriminator import Discriminator
 from mgr_jax.generators import stylegan2
 from mgr_jax.generators.io import CONFIG_FILE, VARIABLES_FILE
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
-                             write_jsonl)
+                             workdir_lock, write_jsonl)
 
 GENERATOR_SUBDIR = 'generator'
 TRAINING_SUBDIR = 'generator_training'  # Checkpoints and logs of a generator a run trains.
@@ -196,6 +196,11 @@ def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
 def train_generator(config, workdir: str, out_dir: str = None) -> str:
   """Trains (or resumes) a generator; returns the generator directory (default
   <workdir>/generator)."""
+  with workdir_lock(workdir):  # One run per workdir (released on any exit, kill -9 too).
+    return _train_generator(config, workdir, out_dir)
+
+
+def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   gcfg = config.generator
   workdir = os.path.abspath(workdir)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, GENERATOR_SUBDIR))
@@ -222,7 +227,8 @@ def train_generator(config, workdir: str, out_dir: str = None) -> str:
   manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
-    restored = checkpoints.restore(manager, state=steps.abstract_state(setup), progress=None)
+    restored = checkpoints.restore(manager, resuming=True, state=steps.abstract_state(setup),
+                                   progress=None)
     state, progress = restored['state'], restored['progress']
     print(f'Resuming from step {progress["step"]} of {gcfg.num_steps}.')
   else:
