@@ -8,9 +8,10 @@ and `config.generator` (mgr_jax/config.py). The images of D are resized once to
   gan_config.json     the data + generator settings of this run (resume refuses others)
   checkpoints/        Orbax, every generator.checkpoint_every steps (kill -9 safe)
   metrics.jsonl       one row per generator.log_every steps: G/D loss, R1, ADA p, images/s
-  samples_NNNNNN.png  G_ema samples, one row per class, fixed z (every sample_every steps)
+  samples_NNNNNN.png  G_ema samples, one row per class, fixed z, cells parted by grey lines
+                      (every sample_every steps)
   samples_final.png
-  generator/          the final G_ema: `mgr_jax.generators.load(<workdir>/generator)`
+  generator/          the final G_ema: `mgr_jax.generators.load(<workdir>)` (or .../generator)
 
 Running the same command again resumes; a finished run says so and does nothing. A classifier
 run without a generator.checkpoint calls `train_generator` through
@@ -137,14 +138,18 @@ def to_uint8_images(images) -> np.ndarray:
       np.uint8)
 
 
-def write_grid(path: str, images_u8: np.ndarray, rows: int, cols: int) -> None:
-  """rows x cols grid of [rows*cols, H, W, C] uint8 images, upscaled to >= 64 px cells."""
+def write_grid(path: str, images_u8: np.ndarray, rows: int, cols: int, border: int = 2,
+               border_value: int = 128) -> None:
+  """rows x cols grid of [rows*cols, H, W, C] uint8 images, upscaled to >= 64 px cells and
+  parted by `border` px of grey (touching cells read as one stroke across rows)."""
   n, h, w, c = images_u8.shape
-  grid = images_u8.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
-      rows * h, cols * w, c)
   scale = max(1, 64 // h)
-  if scale > 1:
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  cells = images_u8.reshape(rows, cols, h, w, c).repeat(scale, axis=2).repeat(scale, axis=3)
+  step_h, step_w = h * scale + border, w * scale + border
+  grid = np.full((rows * step_h - border, cols * step_w - border, c), border_value, np.uint8)
+  for i in range(rows):
+    for j in range(cols):
+      grid[i * step_h:i * step_h + h * scale, j * step_w:j * step_w + w * scale] = cells[i, j]
   tmp = path + '.tmp'
   Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format='PNG')
   os.replace(tmp, path)
