@@ -17,7 +17,10 @@ def _config_keys(argv):
 def parse_flags(argv):
   """absl parsing, with a one-paragraph error for a bad --config file, key or value."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      flags.FLAGS['config'].value.keys()  # ml_collections defers a config file's load error.
+    return rest
   except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
     print(f'Error: {e}. Give each --config.key a value of the type of its default in the '
           'config file (see configs/*.py and mgr_jax/config.py:base_config).', file=sys.stderr)
@@ -39,8 +42,9 @@ def parse_flags(argv):
           '(e.g. --config.data.fraction=0.1, --config.model.width=0.5).', file=sys.stderr)
     sys.exit(2)
   except OSError as e:  # ml_collections: the --config file is missing or does not load.
-    print(f'Error: {e}. Pass --config=configs/<name>.py (a file with a get_config() function; '
-          'see configs/).', file=sys.stderr)
+    cause = ' '.join(str(e.__cause__ or e).split())
+    print(f'Error: {cause}. Pass --config=configs/<name>.py, a Python file with a get_config() '
+          'function (see configs/).', file=sys.stderr)
     sys.exit(2)
 
 

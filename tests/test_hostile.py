@@ -173,6 +173,10 @@ def test_finished_run_with_another_config_is_an_error(tmp_path, tiny_config):
 
 def test_wrong_type_config_value_is_a_user_error(tmp_path):
   clean_error(run_cli(tmp_path / 'w', '--config.num_epochs=abc'), '--config.num_epochs=abc')
+  missing = subprocess.run([sys.executable, '-m', 'mgr_jax.main', '--config=configs/no_such.py',
+                            f'--workdir={tmp_path / "w"}'], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+  clean_error(missing, 'no_such.py')
 
 
 def test_full_disk_is_a_user_error(tmp_path):
