@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from converters.torch_state_dict import listing, mismatches, read_state_dict
+from converters.torch_state_dict import check_total_size, listing, mismatches, read_state_dict
 from mgr_jax.errors import UserError
 from mgr_jax import generators
 from mgr_jax.generators import biggan
@@ -85,7 +85,8 @@ def convert(state_dict, config: dict):
   from flax import traverse_util
   kwargs = biggan.config_kwargs(config)
   plan = _plan(kwargs)
-  sd = {k: np.asarray(v) for k, v in state_dict.items()}
+  sd = {k: np.asarray(v) for k, v in state_dict.items()}  # Views: nothing converted yet.
+  check_total_size({k: v.shape for k, v in sd.items()}, 'The state_dict')
   expected = {k: s for _, wanted, _ in plan for k, s in wanted.items()}
   parts, _ = mismatches(expected, sd)
   if parts:

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from converters.torch_state_dict import listing, mismatches, read_state_dict
+from converters.torch_state_dict import check_total_size, listing, mismatches, read_state_dict
 from mgr_jax.errors import UserError
 
 _IMAGENET_CLASSES = 1000
@@ -80,9 +80,10 @@ def convert(state_dict, num_classes: int | None = None, seed: int = 0):
   class count, else re-initialised (Flax Dense init, PRNGKey(seed)) for `num_classes`.
   """
   from flax import traverse_util
-  src_classes = source_classes(state_dict)
-  sd = {k: np.asarray(v) for k, v in state_dict.items()
+  sd = {k: np.asarray(v) for k, v in state_dict.items()  # Views: nothing converted yet.
         if not k.endswith('.num_batches_tracked')}
+  check_total_size({k: v.shape for k, v in sd.items()}, 'The state_dict')
+  src_classes = source_classes(state_dict)
   plan = {key: (_torch_key(key), _torch_shape(shape))
           for key, shape in _template(src_classes).items()}
   expected = dict(plan.values())

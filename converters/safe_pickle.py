@@ -181,8 +181,10 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
   if offset < 0 or last >= storage.size:  # as_strided must never read out of bounds.
     raise UnsafePickleError('a tensor reaches beyond its storage.')
   base = storage[offset:]
+  # A view, not a copy: a stride-0 tensor of a few bytes may claim any shape; converters
+  # check shapes and the total size before converting (converters.torch_state_dict).
   return np.lib.stride_tricks.as_strided(
-      base, size, [s * storage.itemsize for s in stride], writeable=False).copy()
+      base, size, [s * storage.itemsize for s in stride], writeable=False)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):

@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from converters import safe_pickle
-from converters.torch_state_dict import read_state_dict
+from converters.torch_state_dict import check_total_size, read_state_dict
 from mgr_jax.errors import UserError
 from mgr_jax.generators import io as gen_io
 from mgr_jax.generators import stylegan2
@@ -44,9 +44,10 @@ def expected_shapes(kwargs: Mapping[str, Any]) -> Dict[str, Tuple[str, Tuple[int
 
 def state_dict_to_variables(state_dict: Mapping[str, Any], kwargs: Mapping[str, Any]):
   """Official G state_dict (numpy/torch arrays) → Flax variables {'params', 'buffers'}."""
+  sd = {k: np.asarray(v) for k, v in state_dict.items()}  # Views: nothing converted yet.
+  check_total_size({k: v.shape for k, v in sd.items()}, 'The state_dict')
   kwargs = stylegan2.validate_kwargs(kwargs)
   expected = expected_shapes(kwargs)
-  sd = {k: np.asarray(v) for k, v in state_dict.items()}
   module_prefixes = {k.rsplit('.', i)[0] for k in expected for i in range(1, k.count('.') + 1)}
   filt = stylegan2.setup_filter(kwargs['synthesis_kwargs'].get('resample_filter', [1, 3, 3, 1]))
   bad_filters = []

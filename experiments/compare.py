@@ -20,6 +20,7 @@ from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS
 from mgr_jax.train.loop import train_and_evaluate
 from mgr_jax.train.setup import generator_dir
+from mgr_jax.workdir import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the runs.')
@@ -40,6 +41,11 @@ def summarize(results_by_method):
 
 
 def compare(config, workdir, methods, seeds):
+  with workdir_lock(workdir):  # Two comparisons in one workdir would share runs half-done.
+    return _compare(config, workdir, methods, seeds)
+
+
+def _compare(config, workdir, methods, seeds):
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise UserError(f'Unknown methods {unknown}; choose from {", ".join(sorted(METHODS))}.')
@@ -67,8 +73,12 @@ def compare(config, workdir, methods, seeds):
 
 
 def main():
-  compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value,
-          [int(s) for s in _SEEDS.value])
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError as e:
+    raise UserError(f'--seeds={",".join(_SEEDS.value)}: seeds are integers, e.g. '
+                    '--seeds=0,1,2.') from e
+  compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value, seeds)
 
 
 if __name__ == '__main__':

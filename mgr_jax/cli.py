@@ -1,10 +1,14 @@
 """Shared command-line plumbing of the entry points (main, train_generator, experiments)."""
+import contextlib
 import functools
+import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
 
 from mgr_jax.errors import UserError
+from mgr_jax.workdir import disk_problem
 
 
 def _config_keys(argv):
@@ -12,9 +16,16 @@ def _config_keys(argv):
 
 
 def parse_flags(argv):
-  """absl parsing, with a one-paragraph error for a --config.key that does not exist."""
+  """absl parsing, with a one-paragraph error for a bad --config file, key or value."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      flags.FLAGS['config'].value.keys()  # ml_collections defers a config file's load error.
+    return rest
+  except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
+    print(f'Error: {e}. Give each --config.key a value of the type of its default in the '
+          'config file (see configs/*.py and mgr_jax/config.py:base_config).', file=sys.stderr)
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     # Only on this error path: mgr_jax.config loads the method registry (JAX), and --help
     # must stay fast.
@@ -31,18 +42,46 @@ def parse_flags(argv):
           'the config file; see configs/*.py and mgr_jax/config.py:base_config for the keys '
           '(e.g. --config.data.fraction=0.1, --config.model.width=0.5).', file=sys.stderr)
     sys.exit(2)
+  except OSError as e:  # ml_collections: the --config file is missing or does not load.
+    cause = ' '.join(str(e.__cause__ or e).split())
+    print(f'Error: {cause}. Pass --config=configs/<name>.py, a Python file with a get_config() '
+          'function (see configs/).', file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Exit 2 with one paragraph for a UserError or an unwritable/full workdir; anything else
+  is a bug and keeps its traceback."""
+  try:
+    yield
+  except UserError as e:
+    _exit(f'Error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    problem = disk_problem(e)
+    if problem is None:
+      raise
+    _exit(f'Error: cannot write the workdir: {problem}. Free some space or make the '
+          'workdir writable (or choose another --workdir), then run the same command again: '
+          'it resumes from the last checkpoint.')
+
+
+def _exit(message: str):
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Orbax's background threads may still be failing on the same disk; exiting without
+  # interpreter shutdown spares the user their "Event loop is closed" tracebacks.
+  std_logging.disable(std_logging.CRITICAL)
+  os._exit(2)
 
 
 def exit_on_user_error(fn):
-  """`fn` with its UserError (a problem the user can fix) printed as 'Error: …' on stderr and
-  exit status 2, without a traceback; anything else is a bug and keeps its traceback."""
+  """`fn` run inside `user_errors()`: a problem the user can fix is 'Error: …' on stderr and
+  exit status 2, without a traceback."""
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
-    try:
+    with user_errors():
       return fn(*args, **kwargs)
-    except UserError as e:
-      print(f'Error: {e}', file=sys.stderr)
-      sys.exit(2)
   return wrapper
 
 

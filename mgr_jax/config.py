@@ -161,6 +161,14 @@ def validate(config) -> None:
     raise UserError(f'meta.fd_radius={config.meta.fd_radius} must be positive.')
   if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:
     raise UserError('data.val_ratio must be in [0, 1) and data.test_ratio in (0, 1).')
+  if not config.synth.lam >= 0:  # A negative λ would reward inconsistent features.
+    raise UserError(f'synth.lam={config.synth.lam} must be >= 0 (--config.synth.lam=0.1).')
+  for key in ('mean', 'std'):
+    values = config.data[key]
+    if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values) or (
+        key == 'std' and min(values) <= 0):
+      raise UserError(f'data.{key}={values!r} must be 3 numbers (R, G, B; std > 0), e.g. '
+                      f'--config.data.{key}="(0.5, 0.5, 0.5)".')
 
 
 def paper_config(source: str) -> ml_collections.ConfigDict:

@@ -2,7 +2,7 @@
 
   python -m mgr_jax.train_generator --config=configs/digits.py --workdir=runs/digits_gan
   python -m mgr_jax.main --config=configs/digits.py --workdir=runs/digits_pcr \
-      --config.method=pcr --config.generator.checkpoint=runs/digits_gan/generator
+      --config.method=pcr --config.generator.checkpoint=runs/digits_gan
 
 Settings: `config.data` and `config.generator`; what the workdir gets: `mgr_jax/gan/loop.py`.
 Running the same command again resumes; a finished run says so and does nothing.

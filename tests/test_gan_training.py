@@ -157,8 +157,8 @@ def test_cli_end_to_end_then_resume_and_finished(tmp_path):
                'metrics.jsonl', 'gan_config.json'):
     assert (workdir / name).is_file(), name
   from PIL import Image
-  with Image.open(workdir / 'samples_final.png') as im:  # 10 class rows x 10 of 8 px, x8.
-    assert im.size == (640, 640)
+  with Image.open(workdir / 'samples_final.png') as im:  # 10 x 10 cells of 8 px, x8, 2 px apart.
+    assert im.size == (10 * 66 - 2, 10 * 66 - 2)
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == [2, 4]
   assert {'g_loss', 'd_loss', 'r1_penalty', 'ada_p', 'images_per_s'} <= set(rows[0])

@@ -1,6 +1,7 @@
 """Data sources: `digits`, `tfds:<name>`, `folder:<path>`. Each returns a `RawData`."""
 import concurrent.futures
 import os
+import sys
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,10 +43,38 @@ def load_digits(image_size: int) -> RawData:
 
 # ---------------------------------------------------------------------------------- folder
 
+# Grey modes deeper than 8 bits: PIL's convert('RGB') clips them to 255 (a white image).
+_DEEP_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
+
+
+def decode_image(im: Image.Image) -> np.ndarray:
+  """HxWx3 float32 in [0, 1] from a PIL image of any mode.
+
+  16-bit and 32-bit grey (I;16*, I, F) are scaled by the range of their values: such files
+  often use part of their nominal range (12-bit sensors in 16-bit files) and I/F have no
+  nominal white at all. Every other mode (1, L, P, RGB, RGBA, LA, PA, CMYK, YCbCr, ...)
+  converts to RGB as PIL does; a mode PIL cannot convert raises ValueError.
+  """
+  if im.mode in _DEEP_GREY_MODES:
+    grey = np.asarray(im).astype(np.float64)
+    if not np.all(np.isfinite(grey)):
+      raise ValueError(f'mode {im.mode} image holds NaN or infinite values')
+    lo, hi = float(grey.min()), float(grey.max())
+    grey = (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
+    return np.repeat(grey.astype(np.float32)[..., None], 3, axis=-1)
+  if im.mode in ('La', 'RGBa'):  # Premultiplied alpha: PIL converts these only via LA/RGBA.
+    im = im.convert('RGBA')
+  return np.asarray(im.convert('RGB'), np.float32) / 255.0
+
+
 def _read_image(path: str, size: int) -> np.ndarray:
   try:
     with Image.open(path) as im:
-      rgb = np.asarray(im.convert('RGB'), np.float32) / 255.0
+      rgb = decode_image(im)
+  except Image.DecompressionBombError as e:  # Not an OSError: PIL's guard on pixel count.
+    raise UserError(f'Refusing image {path!r}: {e} Such a file is a decompression bomb (a '
+                    'small file that expands to gigabytes) or a huge scan; remove it, or '
+                    'downscale it if it is genuine, then run again.') from e
   except (UnidentifiedImageError, OSError, ValueError) as e:
     raise UserError(f'Cannot read image {path!r} ({type(e).__name__}: {e}). Remove or replace '
                     'the file (it may be corrupt or not an image), then run again.') from e
@@ -74,7 +103,14 @@ def _list_images(root: str, class_names):
 
 def _read_all(paths, size):
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-    return np.stack(list(pool.map(lambda p: _read_image(p, size), paths)))
+    images = np.stack(list(pool.map(lambda p: _read_image(p, size), paths)))
+  flat = images.reshape(len(images), -1)
+  constant = [p for p, im in zip(paths, flat) if im.min() == im.max()]
+  if constant:  # Trains on, but a blank image is usually a broken file: say so.
+    print(f'Warning: {len(constant)} of {len(paths)} images are a single colour, e.g. '
+          f'{", ".join(constant[:3])}. Check that these files are what you meant to train on.',
+          file=sys.stderr)
+  return images
 
 
 def load_folder(path: str, image_size: int) -> RawData:
@@ -91,6 +127,10 @@ def load_folder(path: str, image_size: int) -> RawData:
   if not class_names:
     raise UserError(f'Data folder {train_root!r} has no class sub-folders. Arrange the images as '
                     '<folder>/<class name>/<image>, one sub-folder per class.')
+  if len(class_names) < 2:  # One class: every prediction is right, accuracy means nothing.
+    raise UserError(f'Data folder {train_root!r} has a single class folder ({class_names[0]!r}); '
+                    'a classifier needs at least two. Put each class in its own sub-folder '
+                    '(<folder>/<class name>/<image>).')
   paths, labels = _list_images(train_root, class_names)
   test_images = test_labels = None
   if has_test:

@@ -8,9 +8,10 @@ and `config.generator` (mgr_jax/config.py). The images of D are resized once to
   gan_config.json     the data + generator settings of this run (resume refuses others)
   checkpoints/        Orbax, every generator.checkpoint_every steps (kill -9 safe)
   metrics.jsonl       one row per generator.log_every steps: G/D loss, R1, ADA p, images/s
-  samples_NNNNNN.png  G_ema samples, one row per class, fixed z (every sample_every steps)
+  samples_NNNNNN.png  G_ema samples, one row per class, fixed z, cells parted by grey lines
+                      (every sample_every steps)
   samples_final.png
-  generator/          the final G_ema: `mgr_jax.generators.load(<workdir>/generator)`
+  generator/          the final G_ema: `mgr_jax.generators.load(<workdir>)` (or .../generator)
 
 Running the same command again resumes; a finished run says so and does nothing. A classifier
 run without a generator.checkpoint calls `train_generator` through
@@ -36,7 +37,7 @@ from mgr_jax.gan.discriminator import Discriminator
 from mgr_jax.generators import stylegan2
 from mgr_jax.generators.io import CONFIG_FILE, VARIABLES_FILE
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
-                             write_jsonl)
+                             workdir_lock, write_jsonl)
 
 GENERATOR_SUBDIR = 'generator'
 TRAINING_SUBDIR = 'generator_training'  # Checkpoints and logs of a generator a run trains.
@@ -137,14 +138,18 @@ def to_uint8_images(images) -> np.ndarray:
       np.uint8)
 
 
-def write_grid(path: str, images_u8: np.ndarray, rows: int, cols: int) -> None:
-  """rows x cols grid of [rows*cols, H, W, C] uint8 images, upscaled to >= 64 px cells."""
+def write_grid(path: str, images_u8: np.ndarray, rows: int, cols: int, border: int = 2,
+               border_value: int = 128) -> None:
+  """rows x cols grid of [rows*cols, H, W, C] uint8 images, upscaled to >= 64 px cells and
+  parted by `border` px of grey (touching cells read as one stroke across rows)."""
   n, h, w, c = images_u8.shape
-  grid = images_u8.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
-      rows * h, cols * w, c)
   scale = max(1, 64 // h)
-  if scale > 1:
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  cells = images_u8.reshape(rows, cols, h, w, c).repeat(scale, axis=2).repeat(scale, axis=3)
+  step_h, step_w = h * scale + border, w * scale + border
+  grid = np.full((rows * step_h - border, cols * step_w - border, c), border_value, np.uint8)
+  for i in range(rows):
+    for j in range(cols):
+      grid[i * step_h:i * step_h + h * scale, j * step_w:j * step_w + w * scale] = cells[i, j]
   tmp = path + '.tmp'
   Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format='PNG')
   os.replace(tmp, path)
@@ -196,6 +201,11 @@ def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
 def train_generator(config, workdir: str, out_dir: str = None) -> str:
   """Trains (or resumes) a generator; returns the generator directory (default
   <workdir>/generator)."""
+  with workdir_lock(workdir):  # One run per workdir (released on any exit, kill -9 too).
+    return _train_generator(config, workdir, out_dir)
+
+
+def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   gcfg = config.generator
   workdir = os.path.abspath(workdir)
   out_dir = os.path.abspath(out_dir or os.path.join(workdir, GENERATOR_SUBDIR))
@@ -222,7 +232,8 @@ def train_generator(config, workdir: str, out_dir: str = None) -> str:
   manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
-    restored = checkpoints.restore(manager, state=steps.abstract_state(setup), progress=None)
+    restored = checkpoints.restore(manager, resuming=True, state=steps.abstract_state(setup),
+                                   progress=None)
     state, progress = restored['state'], restored['progress']
     print(f'Resuming from step {progress["step"]} of {gcfg.num_steps}.')
   else:

@@ -9,7 +9,8 @@ A generator directory holds two files:
 
 `load(DIR)` reads `kind`, builds the generator through the KINDS registry below, checks
 every array against the shapes that kind expects (missing / unexpected / wrong shape are
-named) and returns a `LoadedGenerator`:
+named) and that it is finite, and returns a `LoadedGenerator`. DIR may also be a
+`train_generator` workdir (its `generator/` is used).
 
   gen = load('generators/cars_stylegan2')
   images = gen(z, labels, truncation_psi=1.0, noise_mode='const')        # NHWC float32
@@ -168,11 +169,26 @@ _HOW_TO_MAKE = ('A generator directory is made by a converter, e.g. `python -m '
                 'mgr_jax.generators.save(DIR, kind, kwargs, variables).')
 
 
+def resolve_directory(directory: str) -> str:
+  """`directory`, or its `generator/` sub-folder when `directory` is a workdir of
+  `python -m mgr_jax.train_generator` (which writes the generator there)."""
+  inner = os.path.join(directory, 'generator')
+  if (not os.path.isfile(os.path.join(directory, CONFIG_FILE))
+      and os.path.isfile(os.path.join(inner, CONFIG_FILE))):
+    return inner
+  return directory
+
+
 def _read_config(directory: str) -> dict:
   if not os.path.isdir(directory):
     raise UserError(f'Generator directory {directory!r} does not exist. Check the path. '
                     + _HOW_TO_MAKE)
   path = os.path.join(directory, CONFIG_FILE)
+  if (not os.path.isfile(path) and os.path.isdir(os.path.join(directory, 'checkpoints'))
+      and os.path.isfile(os.path.join(directory, 'gan_config.json'))):
+    raise UserError(f'{directory!r} is a train_generator workdir whose training has not '
+                    'finished (no generator/ yet). Run the same train_generator command again '
+                    'to finish it, then pass this directory.')
   if not os.path.isfile(path):
     raise UserError(f'{directory!r} is not a generator directory: it has no {CONFIG_FILE}. '
                     + _HOW_TO_MAKE)
@@ -186,6 +202,12 @@ def _read_config(directory: str) -> dict:
   if not isinstance(config, dict) or 'kind' not in config or 'kwargs' not in config:
     raise UserError(f'{path} lacks "kind" or "kwargs"; it was not written by '
                     'mgr_jax.generators.save. ' + _HOW_TO_MAKE)
+  if not (isinstance(config['kind'], str) and isinstance(config['kwargs'], dict)
+          and isinstance(config.get('format_version', FORMAT_VERSION), int)
+          and isinstance(config.get('source', {}), dict)):
+    raise UserError(f'{path} has fields of the wrong type: "kind" must be a string, "kwargs" '
+                    'and "source" JSON objects, "format_version" an integer. The file was '
+                    'edited or damaged; convert the generator again. ' + _HOW_TO_MAKE)
   if config.get('format_version', FORMAT_VERSION) > FORMAT_VERSION:
     raise UserError(f'{path} has format_version {config["format_version"]}, newer than this '
                     f'code understands ({FORMAT_VERSION}). Update mgr-jax.')
@@ -235,13 +257,18 @@ class LoadedGenerator:
 def load(directory: str) -> LoadedGenerator:
   """Loads a generator directory (see the module docstring). Raises UserError if the
   directory is missing, incomplete, corrupt or does not fit its kind."""
-  directory = os.fspath(directory)
+  directory = resolve_directory(os.fspath(directory))
   config = _read_config(directory)
   kind = config['kind']
   try:
     gdef = generator_def(kind, config['kwargs'])
+    expected = _shapes(gdef.abstract_variables())
   except UserError as e:
     raise UserError(f'{os.path.join(directory, CONFIG_FILE)}: {e}') from e
+  except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+    raise UserError(f'{os.path.join(directory, CONFIG_FILE)}: its "kwargs" do not describe a '
+                    f'{kind!r} generator ({type(e).__name__}: {e}); a field has the wrong type '
+                    'or value. Convert the generator again. ' + _HOW_TO_MAKE) from e
   path = os.path.join(directory, VARIABLES_FILE)
   if not os.path.isfile(path):
     raise UserError(f'{directory!r} has {CONFIG_FILE} but no {VARIABLES_FILE}: the weights are '
@@ -256,10 +283,17 @@ def load(directory: str) -> LoadedGenerator:
   if not isinstance(host, dict):
     raise UserError(f'{path} does not hold a variables tree. Re-run the converter. '
                     + _HOW_TO_MAKE)
-  problem = shape_mismatches(_shapes(gdef.abstract_variables()), _shapes(host))
+  problem = shape_mismatches(expected, _shapes(host))
   if problem:
     raise UserError(f'{path} does not match the {kind!r} architecture in {CONFIG_FILE} (was '
                     f'one of the two files replaced?):{problem}\nRe-run the converter. '
                     + _HOW_TO_MAKE)
+  bad = [k for k, a in flatten(host).items()
+         if np.asarray(a).dtype.kind not in 'fiub' or not np.all(np.isfinite(a))]
+  if bad:  # A NaN generator would make every synthetic loss NaN, far from here.
+    raise UserError(f'{path} holds NaN, infinite or non-numeric values in {len(bad)} arrays '
+                    f'({", ".join(sorted(bad)[:5])}{", ..." if len(bad) > 5 else ""}): the '
+                    'generator diverged while training or the file is damaged. Train or '
+                    'convert it again. ' + _HOW_TO_MAKE)
   variables = jax.tree_util.tree_map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), host)
   return LoadedGenerator(kind, gdef, variables, path=directory, source=config.get('source'))

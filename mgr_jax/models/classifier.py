@@ -86,18 +86,46 @@ def save_classifier(directory: str, config, class_names, variables) -> None:
   checkpoints.save(manager, 0, best=jax.tree.map(np.asarray, variables))
 
 
+def _classifier_info(directory: str, hint: str):
+  """(config, class_names) of a classifier directory, each field checked."""
+  config_path = os.path.join(directory, 'config.json')
+  raw = read_json(config_path, hint)
+  class_names = read_json(os.path.join(directory, 'classes.json'), hint)
+  if not (isinstance(class_names, list) and class_names
+          and all(isinstance(c, str) for c in class_names)):
+    raise UserError(f'{os.path.join(directory, "classes.json")} must be a JSON list of class '
+                    'names (strings); it was edited or damaged. ' + hint)
+  try:  # Coerced in the plain dict: a ConfigDict keeps each field's JSON type.
+    model, data = dict(raw['model']), dict(raw['data'])
+    model['width'], data['image_size'] = float(model['width']), int(data['image_size'])
+    data['mean'], data['std'] = (tuple(map(float, data[k])) for k in ('mean', 'std'))
+    if not isinstance(model['small_stem'], bool):
+      raise TypeError(f'model.small_stem must be true or false, not {model["small_stem"]!r}')
+    if (len(data['mean']) != 3 or len(data['std']) != 3 or data['image_size'] < 1
+        or model['width'] <= 0 or min(data['std']) <= 0):
+      raise ValueError('data.mean/std need 3 values (std > 0), image_size and width > 0')
+    config = ml_collections.ConfigDict(dict(raw, model=model, data=data))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise UserError(f'{config_path} lacks a field load_classifier needs or has one of the '
+                    f'wrong type ({type(e).__name__}: {e}); it was edited or damaged. '
+                    + hint) from None
+  return config, class_names
+
+
 def load_classifier(directory: str) -> Classifier:
   """Opens a workdir of `mgr_jax.main` or a `converters.resnet18` output (best checkpoint)."""
   hint = (f'{directory!r} is not a classifier directory: pass a workdir of '
           '`python -m mgr_jax.main` (after at least one epoch) or the --out of '
           '`python -m converters.resnet18`.')
-  config = ml_collections.ConfigDict(read_json(os.path.join(directory, 'config.json'), hint))
-  class_names = read_json(os.path.join(directory, 'classes.json'), hint)
+  config, class_names = _classifier_info(directory, hint)
   model = build_model(config.model, len(class_names))
   manager = checkpoints.open_manager(directory, CHECKPOINT_ITEMS)
   if manager.latest_step() is None:
     raise UserError(f'{directory!r} has no checkpoint yet. ' + hint)
   template = variables_template(model, config.data.image_size)
-  best = checkpoints.restore(manager, best=template)['best']
+  best = checkpoints.restore(
+      manager, best=template, remedy=f'The checkpoint files are damaged or incomplete, or '
+      f'config.json / classes.json do not describe this model. Copy {directory!r} again '
+      'from its source, or re-run the training or converter that wrote it.')['best']
   return Classifier(model, best, config.data.image_size, config.data.mean, config.data.std,
                     class_names)

@@ -23,7 +23,7 @@ from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_class
 from mgr_jax.train.setup import build_run, obtain_generator, val_batch
 from mgr_jax.train.state import train_epochs
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
-                             read_json, write_jsonl)
+                             read_json, workdir_lock, write_jsonl)
 
 
 def evaluate(eval_fn, variables, split, batch_size, run):
@@ -55,17 +55,23 @@ def load_pretrained(config, model, num_classes):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+  # One run per workdir; in multi-process runs process 0 holds it for all.
+  with workdir_lock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   results_path = os.path.join(workdir, 'results.json')
+  config_lib.validate(config)
+  check_config(workdir, 'config.json', config.to_dict(), 'a run',  # Finished runs too.
+               'Use a new --workdir for a new experiment, or the same overrides to resume '
+               'this one.')
   if os.path.exists(results_path):
     results = read_json(results_path, 'delete it to train again.')
     print(f'This run has already finished ({results_path}): test accuracy '
           f'{results["test_acc"]:.4f}. Nothing to do; use a new --workdir to train again.')
     return results
-  config_lib.validate(config)
-  check_config(workdir, 'config.json', config.to_dict(), 'a run',
-               'Use a new --workdir for a new experiment, or the same overrides to resume '
-               'this one.')
   splits = data_lib.load_splits(config.data)  # Fails on bad data before anything is written.
   print(f'Data {config.data.source}: D {len(splits.train)}, D_val {len(splits.val)}, '
         f'test {len(splits.test)} images, {splits.num_classes} classes.')
@@ -91,7 +97,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS, config.checkpoints_to_keep)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
-    restored = checkpoints.restore(manager, state=state, best=best, progress=None)
+    restored = checkpoints.restore(manager, resuming=True, state=state, best=best,
+                                   progress=None)
     state, best, progress = restored['state'], restored['best'], restored['progress']
     print(f'Resuming from epoch {progress["epoch"]} of {num_epochs}.')
   if lead:
