@@ -48,25 +48,40 @@ def append_jsonl(path: str, row) -> None:
     f.write(json.dumps(row) + '\n')
 
 
-def config_differences(old: dict, new: dict, prefix: str = ''):
-  """Dotted keys whose values differ between two nested config dicts."""
+def _plain(value):
+  return json.loads(json.dumps(value, default=list))
+
+
+def config_differences(old: dict, new: dict, prefix: str = '', defaults: dict = None):
+  """Dotted keys whose values differ between two nested config dicts.
+
+  `defaults`: a key that `old` lacks and `new` holds at its default value is no difference:
+  a newer version added the key, and the old run ran as its default says.
+  """
   diffs = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key), new.get(key)
+    default = (defaults or {}).get(key)
     if isinstance(a, dict) and isinstance(b, dict):
-      diffs += config_differences(a, b, f'{prefix}{key}.')
-    elif json.loads(json.dumps(a, default=list)) != json.loads(json.dumps(b, default=list)):
+      diffs += config_differences(a, b, f'{prefix}{key}.',
+                                  default if isinstance(default, dict) else None)
+    elif key not in old and key in (defaults or {}) and _plain(b) == _plain(default):
+      continue
+    elif _plain(a) != _plain(b):
       diffs.append(f'{prefix}{key}: {a!r} -> {b!r}')
   return diffs
 
 
-def check_config(workdir: str, filename: str, config: dict, what: str, fix: str) -> None:
+def check_config(workdir: str, filename: str, config: dict, what: str, fix: str,
+                 defaults: dict = None) -> None:
   """Refuses to resume `workdir` when its saved config differs from `config` (it would mix two
-  experiments); `what` names the run ('a run', 'a generator'), `fix` says what to do."""
+  experiments); `what` names the run ('a run', 'a generator'), `fix` says what to do;
+  `defaults`: keys added since the run was made are no difference at their default."""
   path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return
-  diffs = config_differences(read_json(path, 'remove the workdir and start again.'), config)
+  diffs = config_differences(read_json(path, 'remove the workdir and start again.'), config,
+                             defaults=defaults)
   if diffs:
     raise UserError(f'Workdir {workdir!r} holds {what} with a different config ('
                     + '; '.join(diffs[:8]) + f'). {fix}')

@@ -37,3 +37,14 @@ def test_moved_key_in_a_config_file_names_its_new_place(key, new):
   (config[parent] if parent else config)[leaf] = 0  # What an old config file would set.
   with pytest.raises(UserError, match=f'{key} is now {new}'):
     validate(config)
+
+
+def test_keys_added_since_a_run_are_no_difference_at_their_default():
+  from mgr_jax.workdir import config_differences
+  defaults = {'lr': 0.1, 'data': {'size': 16, 'augment': 'none'}}
+  old = {'lr': 0.1, 'data': {'size': 16}}  # Written before data.augment existed.
+  assert config_differences(old, {'lr': 0.1, 'data': {'size': 16, 'augment': 'none'}},
+                            defaults=defaults) == []
+  assert config_differences(old, {'lr': 0.1, 'data': {'size': 16, 'augment': 'cutmix'}},
+                            defaults=defaults) == ["data.augment: None -> 'cutmix'"]
+  assert config_differences(old, {'lr': 0.1, 'data': {'size': 16, 'augment': 'none'}}) != []

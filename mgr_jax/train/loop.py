@@ -66,7 +66,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   config_lib.validate(config)
   check_config(workdir, 'config.json', config.to_dict(), 'a run',  # Finished runs too.
                'Use a new --workdir for a new experiment, or the same overrides to resume '
-               'this one.')
+               'this one.', defaults=config_lib.base_config().to_dict())
   if os.path.exists(results_path):
     results = read_json(results_path, 'delete it to train again.')
     print(f'This run has already finished ({results_path}): test accuracy '
