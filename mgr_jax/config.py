@@ -5,6 +5,7 @@ every key exists everywhere and a typo in `--config.key=value` is caught by ml_c
 """
 import ml_collections
 
+from mgr_jax.data.augment import check_augment
 from mgr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS
@@ -65,6 +66,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_split = 'test'
   c.data.crop_pad = 4  # Train-time random crop after reflect-padding this many pixels.
   c.data.flip = True  # Train-time random horizontal flip.
+  # Real-batch augmentation after crop/flip (Table 3; mgr_jax/data/augment.py): none | mixup |
+  # cutmix | augmix | randaugment | trivialaugment. Combines with every method.
+  c.data.augment = 'none'
+  c.data.mix_alpha = 1.0  # MixUp / CutMix λ ~ Beta(α, α).
+  c.data.ra_num_ops = 2  # RandAugment N and M (0-30) of data.augment=randaugment.
+  c.data.ra_magnitude = 9.0
+  c.data.augmix_severity = 3.0  # AugMix severity (1-10).
   c.data.mean = IMAGENET_MEAN
   c.data.std = IMAGENET_STD
 
@@ -155,6 +163,9 @@ def validate(config) -> None:
       raise UserError(f'{key}={config[key]} must be positive (--config.{key}=...).')
   if config.data.image_size < 8:
     raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
+  check_augment(config.data.augment)
+  if not config.data.mix_alpha > 0:
+    raise UserError(f'data.mix_alpha={config.data.mix_alpha} must be positive.')
   if config.meta.hypergrad not in ('fd', 'exact'):
     raise UserError(f'meta.hypergrad={config.meta.hypergrad!r}: use fd or exact.')
   if not config.meta.fd_radius > 0:

@@ -7,11 +7,13 @@ from mgr_jax.methods.common import (StepContext, accuracy, apply_classifier_upda
 
 def base_step(state, batch, rng, gen_vars=None, *, ctx: StepContext):
   del gen_vars
-  x = ctx.real_inputs(batch['image'], jax.random.fold_in(rng, state.step))
+  x01, targets = ctx.real_train_inputs01(batch['image'], batch['label'],
+                                        jax.random.fold_in(rng, state.step))
+  x = ctx.normalize(x01)
 
   def loss_fn(params):
     logits, batch_stats = classifier_forward(ctx.classifier.model, params, state.batch_stats, x)
-    return cross_entropy(logits, batch['label']), (logits, batch_stats)
+    return cross_entropy(logits, targets), (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = apply_classifier_update(state, grads, ctx)

@@ -2,9 +2,11 @@
 import dataclasses
 from typing import Any, Callable, Optional, Tuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
 from mgr_jax.methods.views import resize_and_normalize
@@ -22,6 +24,7 @@ class ClassifierContext:
   mean: Tuple[float, ...]
   std: Tuple[float, ...]
   image_size: int = 32
+  augment: RealAugment = RealAugment()  # config.data.augment on the real batch.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,18 @@ class StepContext:
     return weak_augment(images_uint8, rng, crop_pad=self.classifier.crop_pad,
                         flip=self.classifier.flip)
 
+  def real_train_inputs01(self, images_uint8, labels, rng):
+    """The training real batch in [0, 1]: crop/flip, then `data.augment` -> (x01, targets).
+
+    targets are `labels` unless the augmentation mixes labels (then soft, [B, K]). With
+    augment 'none' this is `real_inputs01` and the step is unchanged bit for bit.
+    """
+    x01 = self.real_inputs01(images_uint8, rng)
+    if self.classifier.augment.name == 'none':
+      return x01, labels
+    # Its own stream: the crop/flip draws stay those of a run without augmentation.
+    return augment_real(self.classifier.augment, jax.random.fold_in(rng, 1), x01, labels)
+
   def real_inputs(self, images_uint8, rng, train: bool = True):
     return self.normalize(self.real_inputs01(images_uint8, rng if train else None))
 
@@ -89,6 +104,9 @@ class StepContext:
 
 
 def cross_entropy(logits, labels):
+  """Mean CE; `labels` are integer [B] or soft targets [B, K] (MixUp, CutMix)."""
+  if labels.ndim == logits.ndim:
+    return optax.softmax_cross_entropy(logits, labels).mean()
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 

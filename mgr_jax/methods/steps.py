@@ -37,8 +37,8 @@ def draw_synthetic(ctx: StepContext, rng, real01):
 
 def _real_batch(state, batch, rng, ctx):
   k_aug, k_draw = jax.random.split(jax.random.fold_in(rng, state.step))
-  real01 = ctx.real_inputs01(batch['image'], k_aug)
-  return ctx.normalize(real01), draw_synthetic(ctx, k_draw, real01)
+  real01, targets = ctx.real_train_inputs01(batch['image'], batch['label'], k_aug)
+  return ctx.normalize(real01), targets, draw_synthetic(ctx, k_draw, real01)
 
 
 def _real_ce(params, state, x, labels, ctx):
@@ -47,11 +47,11 @@ def _real_ce(params, state, x, labels, ctx):
 
 
 def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
-  x, draws = _real_batch(state, batch, rng, ctx)
+  x, targets, draws = _real_batch(state, batch, rng, ctx)
   lam = ctx.synthetic.lam_at(state.step)
 
   def loss_fn(params):
-    ce, (logits, batch_stats) = _real_ce(params, state, x, batch['label'], ctx)
+    ce, (logits, batch_stats) = _real_ce(params, state, x, targets, ctx)
     reg = term(ctx, params, state.batch_stats, draws['z'], draws, gen_vars)
     return ce + lam * reg, (ce, reg, logits, batch_stats)
 
@@ -63,14 +63,14 @@ def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
 
 
 def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
-  x, draws = _real_batch(state, batch, rng, ctx)
+  x, targets, draws = _real_batch(state, batch, rng, ctx)
   x_val = ctx.real_inputs(batch['val_image'], None, train=False)
   mc, lam = ctx.meta, ctx.synthetic.lam_at(state.step)
   find = lambda phi: mc.finder.apply({'params': phi}, draws['z'])
 
   # ∇_θ CE(f_θ(x), y) once: the inner step and the real update share it.
   (ce, (logits, batch_stats)), ce_grad = jax.value_and_grad(_real_ce, has_aux=True)(
-      state.params, state, x, batch['label'], ctx)
+      state.params, state, x, targets, ctx)
 
   def term_value(params, phi):
     return term(ctx, params, state.batch_stats, find(phi), draws, gen_vars)

@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mgr_jax import finder as finder_lib
 from mgr_jax import generators
 from mgr_jax.data import pipeline
+from mgr_jax.data.augment import RealAugment
 from mgr_jax.errors import UserError
 from mgr_jax.gan.loop import GENERATOR_SUBDIR, TRAINING_SUBDIR, train_generator
 from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
@@ -137,7 +138,10 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
       classifier=ClassifierContext(
           model=model, tx=tx, lr_schedule=lr_schedule(config, steps), crop_pad=data.crop_pad,
           flip=data.flip, mean=tuple(data.mean), std=tuple(data.std),
-          image_size=data.image_size),
+          image_size=data.image_size,
+          augment=RealAugment(data.augment, num_classes, mix_alpha=data.mix_alpha,
+                              ra_num_ops=data.ra_num_ops, ra_magnitude=data.ra_magnitude,
+                              augmix_severity=data.augmix_severity)),
       synthetic=SyntheticContext(
           generator=generator, lam=config.synth.lam, batch_size=config.synth.batch_size,
           ra_num_ops=config.synth.ra_num_ops, ra_magnitude=config.synth.ra_magnitude,
