@@ -20,13 +20,8 @@ from ml_collections import config_flags
 
 from mgr_jax import generators
 from mgr_jax.generators import stylegan2
+from mgr_jax.methods import METHODS
 from mgr_jax.train.setup import build_run
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per method.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
 
 VARIANTS = (('base', 'base', 'fd'), ('pcr', 'pcr', 'fd'), ('mgr_fd', 'mgr', 'fd'),
             ('mgr_exact', 'mgr', 'exact'))
@@ -55,21 +50,39 @@ def peak_bytes(compiled) -> int:
              - m.alias_size_in_bytes)
 
 
-def bench(config, name, method, mode, generator, batch):
+def random_batch(config, num_classes: int, seed: int = 0) -> dict:
+  """A batch of random uint8 images of the config's shape, with a D_val batch."""
+  n, size = config.batch_size, config.data.image_size
+  val_n = config.meta.val_batch_size
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          'label': rng.integers(0, num_classes, n).astype(np.int32),
+          'val_image': rng.integers(0, 256, (val_n, size, size, 3), dtype=np.uint8),
+          'val_label': rng.integers(0, num_classes, val_n).astype(np.int32)}
+
+
+def bench(config, method, mode, generator, batch, num_classes=10, steps=20, warmup=3,
+          num_train=None):
+  """(median seconds per step, XLA peak bytes, compilations) of `method`'s jitted step.
+  `num_train` (default 10 batches) sets the learning-rate schedule: with a run's D size
+  the step is the run's very program (a persistent compilation cache then serves it)."""
   config = config.copy_and_resolve_references()
-  config.method, config.meta.hypergrad = method, mode
-  run = build_run(config, _NUM_CLASSES.value, 10 * config.batch_size, generator)
+  config.method = method
+  config.meta.hypergrad = mode
+  if not METHODS[method].meta:
+    batch = {k: batch[k] for k in ('image', 'label')}
+  run = build_run(config, num_classes, num_train or 10 * config.batch_size, generator)
   step = run.jit_step()
   rng = jax.random.PRNGKey(0)
   args = (run.state, run.shard_batch(batch), rng, run.gen_vars)
   compiled = step.lower(*args).compile()
   state = run.state
   times = []
-  for i in range(_WARMUP.value + _STEPS.value):
+  for i in range(warmup + steps):
     start = time.perf_counter()
     state, metrics = step(state, args[1], rng, run.gen_vars)
     jax.block_until_ready((state, metrics))
-    if i >= _WARMUP.value:
+    if i >= warmup:
       times.append(time.perf_counter() - start)
   # One compilation for the AOT lowering plus one for the calls; nothing after step one.
   return statistics.median(times), peak_bytes(compiled), step._cache_size()
@@ -77,35 +90,28 @@ def bench(config, name, method, mode, generator, batch):
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  n, size = config.batch_size, config.data.image_size
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-           'label': rng.integers(0, _NUM_CLASSES.value, n).astype(np.int32),
-           'val_image': rng.integers(0, 256, (config.meta.val_batch_size, size, size, 3),
-                                     dtype=np.uint8),
-           'val_label': rng.integers(0, _NUM_CLASSES.value,
-                                     config.meta.val_batch_size).astype(np.int32)}
+  config = FLAGS.config
+  num_classes = FLAGS.num_classes
+  batch = random_batch(config, num_classes)
   if config.generator.checkpoint:
     generator = generators.load(config.generator.checkpoint)
   else:
-    generator = random_stylegan2(config.generator, _NUM_CLASSES.value)
+    generator = random_stylegan2(config.generator, num_classes)
   seconds, peak, compiles = {}, {}, {}
   for name, method, mode in VARIANTS:
-    step_batch = batch if method == 'mgr' else {k: batch[k] for k in ('image', 'label')}
-    seconds[name], peak[name], compiles[name] = bench(config, name, method, mode, generator,
-                                                      step_batch)
+    seconds[name], peak[name], compiles[name] = bench(config, method, mode, generator, batch,
+                                                      num_classes, FLAGS.steps, FLAGS.warmup)
   ratios = {'mgr_fd/pcr': seconds['mgr_fd'] / seconds['pcr'],
             'mgr_exact/mgr_fd': seconds['mgr_exact'] / seconds['mgr_fd'],
             'pcr/base': seconds['pcr'] / seconds['base']}
-  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
-  if _JSON.value:
+  device = device_name()
+  if FLAGS.json:
     print(json.dumps({'step_seconds': seconds, 'ratios': ratios, 'peak_bytes': peak,
                       'device': device}))
     return
-  print(f'device: {device}; batch {n} real + {config.synth.batch_size} synthetic at {size} px; '
-        f'ResNet-18 width {config.model.width}; generator {generator.resolution} px, '
-        f'z_dim {generator.z_dim}')
+  print(f'device: {device}; batch {config.batch_size} real + {config.synth.batch_size} '
+        f'synthetic at {config.data.image_size} px; ResNet-18 width {config.model.width}; '
+        f'generator {generator.resolution} px, z_dim {generator.z_dim}')
   print(f'{"method":<10} {"median step (s)":>16} {"peak memory (MiB)":>18} {"compilations":>13}')
   for name, *_ in VARIANTS:
     print(f'{name:<10} {seconds[name]:>16.4f} {peak[name] / 2**20:>18.1f} {compiles[name]:>13}')
@@ -113,5 +119,16 @@ def main(argv):
     print(f'{key:<18} {value:.2f}')
 
 
+def device_name() -> str:
+  return f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+
+
 if __name__ == '__main__':
+  # Flags only when run as a program: experiments.hypergrad imports `bench`.
+  FLAGS = flags.FLAGS
+  config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per method.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
   app.run(main)

@@ -10,16 +10,13 @@ The table is written to <workdir>/summary.json as well.
 """
 import json
 import os
-import statistics
 
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import runs
+from experiments.summary import mean_std
 from mgr_jax import cli
-from mgr_jax.errors import UserError
-from mgr_jax.methods import METHODS
-from mgr_jax.train.loop import train_and_evaluate
-from mgr_jax.train.setup import generator_dir
 from mgr_jax.workdir import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -33,9 +30,8 @@ def summarize(results_by_method):
   """{method: [results]} -> rows of (method, n, mean, std) of test accuracy in %."""
   rows = []
   for method, results in results_by_method.items():
-    accs = [100.0 * r['test_acc'] for r in results]
-    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    rows.append({'method': method, 'runs': len(accs), 'test_acc_mean': statistics.fmean(accs),
+    mean, std = mean_std(100.0 * r['test_acc'] for r in results)
+    rows.append({'method': method, 'runs': len(results), 'test_acc_mean': mean,
                  'test_acc_std': std, 'seeds': [r['seed'] for r in results]})
   return rows
 
@@ -46,22 +42,15 @@ def compare(config, workdir, methods, seeds):
 
 
 def _compare(config, workdir, methods, seeds):
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown:
-    raise UserError(f'Unknown methods {unknown}; choose from {", ".join(sorted(METHODS))}.')
-  if any(METHODS[m].uses_generator for m in methods):
-    # One generator for every run: each run loads and checks it (obtain_generator).
-    config.generator.checkpoint = generator_dir(config, workdir)
+  methods = runs.check_methods(methods)
+  # One generator for every run: each run loads and checks it (obtain_generator).
+  generator = runs.shared_generator(config, methods, workdir)
+  jobs = [runs.Job(f'{method} seed {seed}', runs.run_config(config, method, seed, generator),
+                   os.path.join(workdir, f'{method}_seed{seed}'))
+          for method in methods for seed in seeds]
   results = {}
-  for method in methods:
-    for seed in seeds:
-      run_config = config.copy_and_resolve_references()
-      run_config.method, run_config.seed = method, seed
-      if not METHODS[method].uses_generator:
-        run_config.generator.checkpoint = ''  # Not used; keeps base runs' configs generic.
-      print(f'=== {method}, seed {seed}', flush=True)
-      results.setdefault(method, []).append(
-          train_and_evaluate(run_config, os.path.join(workdir, f'{method}_seed{seed}')))
+  for job, result in zip(jobs, runs.run_jobs(jobs)):
+    results.setdefault(job.config.method, []).append(result)
   rows = summarize(results)
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump({'data': config.data.to_dict(), 'rows': rows}, f, indent=2, default=list)
@@ -73,11 +62,7 @@ def _compare(config, workdir, methods, seeds):
 
 
 def main():
-  try:
-    seeds = [int(s) for s in _SEEDS.value]
-  except ValueError as e:
-    raise UserError(f'--seeds={",".join(_SEEDS.value)}: seeds are integers, e.g. '
-                    '--seeds=0,1,2.') from e
+  seeds = runs.parse_numbers(_SEEDS.value, int, 'seeds')
   compare(_CONFIG.value, os.path.abspath(_WORKDIR.value), _METHODS.value, seeds)
 
 

@@ -7,6 +7,8 @@
   inner step and the real update (`theta_grad_fixed`); BatchNorm uses batch statistics
   everywhere and only the real batch of the real update writes the running statistics.
 """
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -62,7 +64,24 @@ def regularized_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   return new_state, {'loss': ce, 'accuracy': accuracy(logits, batch['label']), 'synthetic': reg}
 
 
-def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
+class MetaProblem(NamedTuple):
+  """One meta step's bilevel problem at `state` (fixed draws): what the hypergradient needs."""
+  synthetic_loss: Callable  # (θ, φ) -> λ·term, the φ-dependent part of L_train.
+  term_value: Callable  # (θ, φ) -> term (unweighted).
+  val_loss: Callable  # θ -> L_val on the step's D_val batch.
+  ce_grad: Any  # ∇_θ CE on the real batch at θ (shared by the inner step and the update).
+  ce: Any
+  logits: Any
+  batch_stats: Any  # Running statistics after the real batch.
+  inner_lr: Any  # η of the inner step.
+  lam: Any
+  find: Callable  # φ -> F_φ(z) for this step's z.
+
+
+def meta_problem(state, batch, rng, gen_vars, *, ctx: StepContext, term) -> MetaProblem:
+  """The losses and shared pieces of the meta step at `state`: `meta_step` uses them, and
+  so can a measurement of the hypergradient on the same state, batch and draws
+  (experiments.hypergrad)."""
   x, targets, draws = _real_batch(state, batch, rng, ctx)
   x_val = ctx.real_inputs(batch['val_image'], None, train=False)
   mc, lam = ctx.meta, ctx.synthetic.lam_at(state.step)
@@ -83,8 +102,15 @@ def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
     return cross_entropy(val_logits, batch['val_label'])
 
   inner_lr = mc.inner_lr if mc.inner_lr > 0 else ctx.classifier.lr_schedule(state.step)
-  meta = hypergradient_with_aux(synthetic_loss, val_loss, state.params, state.finder_params,
-                                inner_lr, mc.hypergrad, theta_grad_fixed=ce_grad,
+  return MetaProblem(synthetic_loss, term_value, val_loss, ce_grad, ce, logits, batch_stats,
+                     inner_lr, lam, find)
+
+
+def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
+  p = meta_problem(state, batch, rng, gen_vars, ctx=ctx, term=term)
+  mc, lam, find = ctx.meta, p.lam, p.find
+  meta = hypergradient_with_aux(p.synthetic_loss, p.val_loss, state.params, state.finder_params,
+                                p.inner_lr, mc.hypergrad, theta_grad_fixed=p.ce_grad,
                                 fd_radius=mc.fd_radius)
   kl, kl_grad = jax.value_and_grad(lambda phi: finder_lib.kl_penalty(find(phi)))(
       state.finder_params)
@@ -94,10 +120,10 @@ def meta_step(state, batch, rng, gen_vars, *, ctx: StepContext, term):
   finder_params = optax.apply_updates(state.finder_params, updates)
 
   # The real update: x_p regenerated with the updated finder (same z, y_p and T draws).
-  reg, reg_grad = jax.value_and_grad(term_value)(state.params, finder_params)
-  grads = jax.tree.map(lambda c, r: c + lam * r, ce_grad, reg_grad)
+  reg, reg_grad = jax.value_and_grad(p.term_value)(state.params, finder_params)
+  grads = jax.tree.map(lambda c, r: c + lam * r, p.ce_grad, reg_grad)
   new_state = apply_classifier_update(state, grads, ctx)
-  new_state = new_state.replace(step=state.step + 1, batch_stats=batch_stats,
+  new_state = new_state.replace(step=state.step + 1, batch_stats=p.batch_stats,
                                 finder_params=finder_params, finder_opt_state=finder_opt_state)
-  return new_state, {'loss': ce, 'accuracy': accuracy(logits, batch['label']),
+  return new_state, {'loss': p.ce, 'accuracy': accuracy(p.logits, batch['label']),
                      'synthetic': reg, 'val_loss_inner': meta.val_loss, 'kl': kl}

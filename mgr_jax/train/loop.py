@@ -54,13 +54,25 @@ def load_pretrained(config, model, num_classes):
   return {'params': params, 'batch_stats': source['batch_stats']}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+# For meta-learning methods the checkpoint also holds the finder φ of the best epoch (figures
+# show F_φ of the kept model); an item of its own, so that classifier loaders need not know it.
+BEST_FINDER = 'best_finder'
+
+
+def train_and_evaluate(config, workdir: str, on_step=None) -> dict:
+  """Trains (or resumes, or reads a finished) run in `workdir`; returns its results.
+
+  `on_step(step, state, batch, rng, run)`, if given, is called before every train step
+  with the global step number, the state the step starts from, the host batch and the
+  step's rng (e.g. to measure something on the same state and batch); it must not keep
+  `state`, which the step then consumes.
+  """
   # One run per workdir; in multi-process runs process 0 holds it for all.
   with workdir_lock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, on_step)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
   workdir = os.path.abspath(workdir)
   results_path = os.path.join(workdir, 'results.json')
   config_lib.validate(config)
@@ -86,6 +98,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     print(f'{steps} steps per epoch: training {num_epochs} epochs for at least '
           f'{config.min_train_steps} steps (min_train_steps).')
   best = {'params': state.params, 'batch_stats': state.batch_stats}
+  meta = run.method.meta
+  best_finder = state.finder_params if meta else None
   progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
               'train_seconds': 0.0}
 
@@ -94,12 +108,17 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   if lead:
     atomic_write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     write_classifier_info(workdir, config, splits.class_names)
-  manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS, config.checkpoints_to_keep)
+  manager = checkpoints.open_manager(workdir, CHECKPOINT_ITEMS + (BEST_FINDER,),
+                                     config.checkpoints_to_keep)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if manager.latest_step() is not None:
+    # Checkpoints written before the finder was kept have no BEST_FINDER: not restored then.
+    extra = ({BEST_FINDER: best_finder} if meta and os.path.isdir(os.path.join(
+        str(manager.directory), str(manager.latest_step()), BEST_FINDER)) else {})
     restored = checkpoints.restore(manager, resuming=True, state=state, best=best,
-                                   progress=None)
+                                   progress=None, **extra)
     state, best, progress = restored['state'], restored['best'], restored['progress']
+    best_finder = restored.get(BEST_FINDER)
     print(f'Resuming from epoch {progress["epoch"]} of {num_epochs}.')
   if lead:
     write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
@@ -118,6 +137,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     for i, batch in enumerate(bar):
       if run.method.meta:
         batch.update(val_batch(splits.val, config.meta.val_batch_size, config.seed, epoch, i))
+      if on_step is not None:
+        on_step(epoch * steps + i, state, batch, step_rng, run)
       state, metrics = train_step(state, run.shard_batch(batch), step_rng, run.gen_vars)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
@@ -132,6 +153,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, run)
     if val_acc > progress['best_val_acc']:
       best = jax.tree.map(jnp.copy, variables)
+      best_finder = jax.tree.map(jnp.copy, state.finder_params) if meta else None
       progress['best_val_acc'], progress['best_epoch'] = val_acc, epoch + 1
     row = {'epoch': epoch + 1, 'train_loss': train['loss'], 'train_acc': train['accuracy'],
            **{f'train_{k}': v for k, v in train.items() if k not in ('loss', 'accuracy')},
@@ -140,7 +162,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     progress['history'].append(row)
     progress['epoch'] = epoch + 1
     progress['train_seconds'] += row['seconds']
-    checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress)
+    checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress,
+                     **({BEST_FINDER: best_finder} if best_finder is not None else {}))
     if lead:
       append_jsonl(metrics_path, row)
     print(f'epoch {epoch + 1:3d}/{num_epochs}  train loss {train["loss"]:.4f} '
