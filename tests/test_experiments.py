@@ -27,7 +27,7 @@ SEEDS = (0, 1)
 
 def _overrides():
   extra = {'num_epochs': 1, 'batch_size': 160, 'synth.batch_size': 8,
-           'synth.val_batch_size': 8}
+           'meta.val_batch_size': 8}
   return [o for o in tiny_overrides(**extra) if not o.startswith('--config.data.fraction')]
 
 
