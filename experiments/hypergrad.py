@@ -91,7 +91,7 @@ class AgreementProbe:
       self._fn = jax.jit(functools.partial(_hypergrad_at, ctx=run.ctx, term=term),
                          static_argnames='mode')
     sharded = run.shard_batch(batch)
-    row = {'step': step, 'lr': float(run.ctx.lr_schedule(step))}
+    row = {'step': step, 'lr': float(run.ctx.classifier.lr_schedule(step))}
     for dtype in self.dtypes:
       with jax.enable_x64(dtype == 'float64'):
         st, gen_vars = ((state, run.gen_vars) if dtype == 'float32' else
