@@ -169,7 +169,7 @@ def hypergrad_dir(tmp_path_factory, env):
   workdir = tmp_path_factory.mktemp('hypergrad')
   _tiny_stylegan2_dir(workdir / 'generator')
   proc = _run(env, 'hypergrad', f'--workdir={workdir}', '--seeds=0,1', '--every=1',
-              '--bench_steps=2', '--config.data.fraction=0.25')
+              '--bench_steps=1', '--radii=1e-2,1e-4', '--config.data.fraction=0.25')
   return workdir, proc
 
 
@@ -185,7 +185,7 @@ def test_hypergrad_end_to_end(hypergrad_dir):
   assert [r['step'] for r in rows] == [0, 1]  # Two steps per epoch, every step.
   for row in rows:
     for dtype in ('float32', 'float64'):
-      assert len(row[dtype]['cosine']) == 5 and row[dtype]['exact_norm'] > 0
+      assert len(row[dtype]['cosine']) == 2 and row[dtype]['exact_norm'] > 0
       assert all(-1 - 1e-9 <= c <= 1 + 1e-9 for c in row[dtype]['cosine'])
       assert all(np.isfinite(e) and e >= 0 for e in row[dtype]['rel_error'])
   _assert_png(workdir / 'hypergrad_agreement.png')
