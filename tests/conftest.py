@@ -19,7 +19,7 @@ def tiny_overrides(**extra):
   """CLI overrides that make configs/digits.py train in seconds."""
   values = {'method': 'base', 'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,
             'model.width': 0.125, 'batch_size': 32, 'progress_bar': False,
-            'min_train_steps': 0}
+            'min_train_steps': 0, 'checkpoint_every_seconds': 0}
   values.update(extra)
   return [f'--config.{k}={v}' for k, v in values.items()]
 
@@ -36,5 +36,6 @@ def tiny_config():
   c.batch_size = 32
   c.progress_bar = False
   c.min_train_steps = 0  # Tests train for exactly num_epochs.
+  c.checkpoint_every_seconds = 0.0  # Every epoch, so resume tests can stop after any.
   c.synth.lam_warmup = 0.0  # Full λ from step 0, so one step shows each term's effect.
   return c

@@ -86,3 +86,16 @@ def test_base_step_lowers_loss_on_fixed_batch(tiny_config):
   assert int(state.step) == 8
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, state.params)
   assert all(jax.tree.leaves(changed))
+
+
+def test_checkpoints_wait_for_the_interval_but_the_last_epoch_is_always_saved(tiny_config,
+                                                                              tmp_path):
+  from mgr_jax import checkpoints
+  from mgr_jax.train.loop import CHECKPOINT_ITEMS, train_and_evaluate
+  tiny_config.num_epochs, tiny_config.data.fraction = 3, 0.1
+  tiny_config.checkpoint_every_seconds = 1e9  # Never due by time within this run.
+  train_and_evaluate(tiny_config, str(tmp_path))
+  manager = checkpoints.open_manager(str(tmp_path), CHECKPOINT_ITEMS)
+  assert list(manager.all_steps()) == [3]
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert len(f.readlines()) == 3  # Every epoch's line is still written.

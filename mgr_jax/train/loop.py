@@ -127,6 +127,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
   eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx))
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
+  last_save = time.time()
   for epoch in range(progress['epoch'], num_epochs):
     start = time.time()
     lr = float(schedule(epoch * steps))
@@ -162,8 +163,11 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     progress['history'].append(row)
     progress['epoch'] = epoch + 1
     progress['train_seconds'] += row['seconds']
-    checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress,
-                     **({BEST_FINDER: best_finder} if best_finder is not None else {}))
+    if (epoch + 1 == num_epochs
+        or time.time() - last_save >= config.checkpoint_every_seconds):
+      checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress,
+                       **({BEST_FINDER: best_finder} if best_finder is not None else {}))
+      last_save = time.time()
     if lead:
       append_jsonl(metrics_path, row)
     print(f'epoch {epoch + 1:3d}/{num_epochs}  train loss {train["loss"]:.4f} '
