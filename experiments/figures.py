@@ -136,8 +136,10 @@ def plot_val_loss(run: Run, baseline: Optional[Run], path: str) -> str:
     if r is None:
       continue
     ax.plot([row['epoch'] for row in r.rows], [row['val_loss'] for row in r.rows],
-            marker='o', label=f'{kind}: {r.name}')
-  ax.set(xlabel='epoch', ylabel='validation loss (D_val)', title='Validation loss')
+            marker='o' if len(r.rows) <= 40 else None, label=f'{kind}: {r.name}')
+  # Log scale: the first epochs' losses are 10-50x the late ones the methods differ in.
+  ax.set(xlabel='epoch', ylabel='validation loss (D_val)', title='Validation loss',
+         yscale='log')
   ax.grid(alpha=0.3)
   ax.legend()
   return plots.save(fig, path)
