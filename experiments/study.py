@@ -32,10 +32,14 @@ _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Training seeds.'
 _LAM = flags.DEFINE_string('lam', '', 'λ of --lam_methods: a number or a lambda.json '
                            '(default: the config\'s synth.lam).')
 _LAM_METHODS = flags.DEFINE_list('lam_methods', ['pcr', 'mgr'], 'Methods that --lam sets.')
+_FINISHED_ONLY = flags.DEFINE_bool(
+    'finished_only', False, 'Train nothing: summarise the runs that have finished (a study '
+    'still running elsewhere, or one stopped early); each cell shows its n.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=('pcr', 'mgr')):
+def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=('pcr', 'mgr'),
+          finished_only=False):
   methods = runs.check_methods(methods)
   lam = runs.read_lam(lam_spec, fractions) if lam_spec else None
   if config.generator.checkpoint and len(fractions) > 1 and runs.uses_generator(methods):
@@ -56,6 +60,11 @@ def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=(
   os.makedirs(workdir, exist_ok=True)
   runs.enable_compilation_cache(workdir)
   plans = runs.plan_fractions(config, workdir, fractions, methods, make_jobs)
+  if finished_only:
+    for plan in plans:
+      plan.jobs = [job for job in plan.jobs if job.finished]
+    print(f'Summarising the {sum(len(p.jobs) for p in plans)} finished runs '
+          '(--finished_only: nothing is trained).', flush=True)
   records = []
   for plan, results in zip(plans, runs.run_fractions(plans, methods)):
     for job, result in zip(plan.jobs, results):
@@ -101,7 +110,7 @@ def main():
           runs.check_methods(_LAM_METHODS.value))
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock(workdir):  # Two studies in one workdir would share half-done runs.
-    study(_CONFIG.value, workdir, _METHODS.value, *args)
+    study(_CONFIG.value, workdir, _METHODS.value, *args, finished_only=_FINISHED_ONLY.value)
 
 
 if __name__ == '__main__':

@@ -123,6 +123,11 @@ def test_study_rerun_reads_finished_runs(study, env):
               '--seeds=0', '--config.learning_rate=0.1', check=False)
   assert proc.returncode == 2 and 'different config' in proc.stderr
   assert 'Traceback' not in proc.stderr
+  # --finished_only: seed 7 was never run; nothing is trained and the cells keep n = 2.
+  proc = _run(env, 'study', f'--workdir={workdir}', '--methods=base,mgr',
+              f'--fractions={",".join(FRACTIONS)}', '--seeds=0,1,7', '--finished_only')
+  assert 'Summarising the 8 finished runs' in proc.stdout and '===' not in proc.stdout
+  assert json.load(open(workdir / 'summary.json'))['cells'] == before['cells']
 
 
 @pytest.mark.parametrize('args,expected', [
