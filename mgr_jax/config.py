@@ -77,6 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.ra_num_ops = 2  # RandAugment N and M (0-30) of data.augment=randaugment.
   c.data.ra_magnitude = 9.0
   c.data.augmix_severity = 3.0  # AugMix severity (1-10).
+  # memory: every split decoded into host memory once (small datasets, the fastest); grain:
+  # read and decoded per batch in `data.workers` processes, each process reading only its
+  # share (mgr_jax/data/stream.py; ImageNet-sized data, multi-process runs).
+  c.data.loader = 'memory'
+  c.data.workers = 2  # grain worker processes per training process (0 = in the process).
   c.data.mean = IMAGENET_MEAN
   c.data.std = IMAGENET_STD
 
@@ -145,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.generator.sample_every = 1000  # Steps between sample grids (0 = only the final one).
   c.generator.checkpoint_every = 1000  # Steps between checkpoints.
 
+  # Activations of the classifier: float32 | bfloat16 (parameters, optimiser state, losses
+  # and the generator stay float32, as big_vision does).
+  c.dtype = 'float32'
   c.distributed = False  # Call jax.distributed.initialize() (multi-process GPU/TPU runs).
   return c
 
@@ -170,6 +178,11 @@ def validate(config) -> None:
   if config.data.image_size < 8:
     raise UserError(f'data.image_size={config.data.image_size} is too small; use at least 8.')
   check_augment(config.data.augment)
+  if config.data.loader not in ('memory', 'grain') or config.data.workers < 0:
+    raise UserError(f'data.loader={config.data.loader!r}, data.workers={config.data.workers}: '
+                    'use loader memory or grain, and workers >= 0.')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise UserError(f'dtype={config.dtype!r}: use float32 or bfloat16.')
   if not config.data.mix_alpha > 0:
     raise UserError(f'data.mix_alpha={config.data.mix_alpha} must be positive.')
   if config.meta.hypergrad not in ('fd', 'exact'):

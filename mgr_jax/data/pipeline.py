@@ -14,19 +14,29 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(1, num_examples // batch_size)
 
 
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """Positions in a split of n examples, batch after batch, for one epoch (at least
+  steps * batch_size of them); a function of (seed, epoch) only, shared by every loader."""
+  steps = steps_per_epoch(n, batch_size)
+  rng = np.random.default_rng([seed, epoch, 7])
+  return np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
+
+
 def epoch_batches(split, batch_size: int, seed: int, epoch: int):
   """Yields dicts of uint8 images / int32 labels; order depends only on (seed, epoch).
 
   Drops the last partial batch (fixed shapes, one compilation); a split smaller than
   one batch is cycled to fill it.
   """
-  n = len(split)
-  steps = steps_per_epoch(n, batch_size)
-  rng = np.random.default_rng([seed, epoch, 7])
-  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
-  for s in range(steps):
+  order = epoch_order(len(split), batch_size, seed, epoch)
+  for s in range(steps_per_epoch(len(split), batch_size)):
     idx = order[s * batch_size:(s + 1) * batch_size]
     yield {'image': split.images[idx], 'label': split.labels[idx]}
+
+
+def val_positions(n: int, size: int, seed: int, epoch: int, step: int) -> np.ndarray:
+  """Positions in D_val of the meta step's validation batch (drawn with replacement)."""
+  return np.random.default_rng([seed, epoch, step, 11]).integers(0, n, size)
 
 
 def eval_batches(split, batch_size: int):

@@ -67,19 +67,19 @@ def nested_fraction(labels, fraction, rng):
   return np.sort(np.concatenate(keep))
 
 
-def make_splits(raw: RawData, cfg) -> Splits:
+def split_indices(labels, has_test: bool, cfg):
+  """Index arrays (d, val, test) of the protocol from the train labels alone: `test` indexes
+  the train set when the source has no test split, else it is None (use the source's own)."""
   if not 0.0 < cfg.fraction <= 1.0:
     raise UserError(f'data.fraction={cfg.fraction} is out of range: it is the share of D to '
                     'keep, in (0, 1], e.g. --config.data.fraction=0.1.')
-  images, labels = raw.train_images, np.asarray(raw.train_labels, np.int32)
-  if raw.test_images is None:
+  labels = np.asarray(labels, np.int32)
+  test_idx = None
+  if not has_test:
     pool, test_idx = stratified_split(labels, cfg.test_ratio,
                                       np.random.default_rng(TEST_SPLIT_SEED))
-    test = Split(images[test_idx], labels[test_idx], test_idx)
   else:
     pool = np.arange(len(labels))
-    test_labels = np.asarray(raw.test_labels, np.int32)
-    test = Split(raw.test_images, test_labels, np.arange(len(test_labels)))
   rng = np.random.default_rng([cfg.seed, 0])
   d_rel, val_rel = stratified_split(labels[pool], cfg.val_ratio, rng)
   d_idx, val_idx = pool[d_rel], pool[val_rel]
@@ -91,6 +91,17 @@ def make_splits(raw: RawData, cfg) -> Splits:
       raise UserError(f'The {name} split is empty: the dataset has too few training images '
                       f'({len(labels)}) for data.val_ratio={cfg.val_ratio}. Add images or '
                       'lower data.val_ratio.')
+  return d_idx, val_idx, test_idx
+
+
+def make_splits(raw: RawData, cfg) -> Splits:
+  images, labels = raw.train_images, np.asarray(raw.train_labels, np.int32)
+  d_idx, val_idx, test_idx = split_indices(labels, raw.test_images is not None, cfg)
+  if test_idx is not None:
+    test = Split(images[test_idx], labels[test_idx], test_idx)
+  else:
+    test_labels = np.asarray(raw.test_labels, np.int32)
+    test = Split(raw.test_images, test_labels, np.arange(len(test_labels)))
   return Splits(train=Split(images[d_idx], labels[d_idx], d_idx),
                 val=Split(images[val_idx], labels[val_idx], val_idx),
                 test=test, class_names=tuple(raw.class_names))

@@ -1,7 +1,9 @@
 """Data sources: `digits`, `tfds:<name>`, `folder:<path>`. Each returns a `RawData`."""
 import concurrent.futures
+import dataclasses
 import os
 import sys
+from typing import Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -67,7 +69,7 @@ def decode_image(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert('RGB'), np.float32) / 255.0
 
 
-def _read_image(path: str, size: int) -> np.ndarray:
+def read_image(path: str, size: int) -> np.ndarray:
   try:
     with Image.open(path) as im:
       rgb = decode_image(im)
@@ -103,7 +105,7 @@ def _list_images(root: str, class_names):
 
 def _read_all(paths, size):
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-    images = np.stack(list(pool.map(lambda p: _read_image(p, size), paths)))
+    images = np.stack(list(pool.map(lambda p: read_image(p, size), paths)))
   flat = images.reshape(len(images), -1)
   constant = [p for p, im in zip(paths, flat) if im.min() == im.max()]
   if constant:  # Trains on, but a blank image is usually a broken file: say so.
@@ -113,7 +115,17 @@ def _read_all(paths, size):
   return images
 
 
-def load_folder(path: str, image_size: int) -> RawData:
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+  """A class-per-folder dataset as paths; `test_paths` is None without a test folder."""
+  paths: list
+  labels: np.ndarray
+  test_paths: Optional[list]
+  test_labels: Optional[np.ndarray]
+  class_names: tuple
+
+
+def list_folder(path: str) -> FolderListing:
   """<path>/<class>/*.jpg, optionally <path>/test/<class>/* (then also <path>/train/<class>)."""
   root = os.path.expanduser(path)
   if not os.path.isdir(root):
@@ -132,7 +144,7 @@ def load_folder(path: str, image_size: int) -> RawData:
                     'a classifier needs at least two. Put each class in its own sub-folder '
                     '(<folder>/<class name>/<image>).')
   paths, labels = _list_images(train_root, class_names)
-  test_images = test_labels = None
+  test_paths = test_labels = None
   if has_test:
     extra = sorted(set(_class_folders(test_root)) - set(class_names))
     if extra:
@@ -141,9 +153,16 @@ def load_folder(path: str, image_size: int) -> RawData:
     test_classes = [c for c in class_names if os.path.isdir(os.path.join(test_root, c))]
     test_paths, test_rel = _list_images(test_root, test_classes)
     test_labels = np.asarray([class_names.index(test_classes[i]) for i in test_rel], np.int32)
-    test_images = _read_all(test_paths, image_size)
-  return RawData(_read_all(paths, image_size), labels, test_images, test_labels,
-                 tuple(class_names))
+  return FolderListing(paths, labels, test_paths, test_labels, tuple(class_names))
+
+
+def load_folder(path: str, image_size: int) -> RawData:
+  """Every image of `list_folder(path)` decoded into memory."""
+  listing = list_folder(path)
+  test_images = (None if listing.test_paths is None
+                 else _read_all(listing.test_paths, image_size))
+  return RawData(_read_all(listing.paths, image_size), listing.labels, test_images,
+                 listing.test_labels, listing.class_names)
 
 
 # ------------------------------------------------------------------------------------ tfds
@@ -159,6 +178,16 @@ def _tfds_not_prepared(name, cfg, err):
       '--config.data.data_dir=DATA_DIR. Reading prepared array_record data needs no TensorFlow.')
 
 
+def tfds_image(image, size: int) -> np.ndarray:
+  """A decoded TFDS image (HxW, HxWx1 or HxWx3 uint8) -> [size, size, 3] uint8."""
+  img = np.asarray(image)
+  if img.ndim == 2:
+    img = img[..., None]
+  if img.shape[-1] == 1:
+    img = np.repeat(img, 3, axis=-1)
+  return to_uint8(resize_image(img.astype(np.float32) / 255.0, size))
+
+
 def _tfds_split(builder, split, size):
   """All (image, label) pairs of one split, decoded without TensorFlow."""
   source = builder.as_data_source(split=split)
@@ -166,19 +195,15 @@ def _tfds_split(builder, split, size):
 
   def read(i):
     ex = source[i]
-    img = np.asarray(ex['image'])
-    if img.ndim == 2:
-      img = img[..., None]
-    if img.shape[-1] == 1:
-      img = np.repeat(img, 3, axis=-1)
-    return to_uint8(resize_image(img.astype(np.float32) / 255.0, size)), int(ex['label'])
+    return tfds_image(ex['image'], size), int(ex['label'])
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
     pairs = list(pool.map(read, range(n)))
   return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.int32)
 
 
-def load_tfds(name: str, cfg) -> RawData:
+def tfds_builder(name: str, cfg):
+  """The builder of a prepared TFDS dataset; UserError when unknown or not prepared."""
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=cfg.data_dir or None)
@@ -191,6 +216,11 @@ def load_tfds(name: str, cfg) -> RawData:
       raise UserError(f'TFDS has no dataset named {name!r}. Check the name (e.g. cars196, '
                       'oxford_flowers102, oxford_iiit_pet, dtd, caltech_birds2011, cifar10).') from e
     raise _tfds_not_prepared(name, cfg, e) from e
+  return builder
+
+
+def load_tfds(name: str, cfg) -> RawData:
+  builder = tfds_builder(name, cfg)
   splits = builder.info.splits
   try:
     train_images, train_labels = _tfds_split(builder, cfg.train_split, cfg.image_size)

@@ -14,22 +14,21 @@ from tqdm.auto import tqdm
 
 from mgr_jax import checkpoints
 from mgr_jax import config as config_lib
-from mgr_jax import data as data_lib
-from mgr_jax.data import pipeline
+from mgr_jax.data import feed as feed_lib
 from mgr_jax.errors import UserError
 from mgr_jax.methods import eval_step
 from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_classifier,
                                        write_classifier_info)
-from mgr_jax.train.setup import build_run, obtain_generator, val_batch
+from mgr_jax.train.setup import build_run, obtain_generator
 from mgr_jax.train.state import train_epochs
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
                              read_json, workdir_lock, write_jsonl)
 
 
-def evaluate(eval_fn, variables, split, batch_size, run):
+def evaluate(eval_fn, variables, split, batch_size, feed):
   """(mean loss, accuracy) over a whole split."""
-  sums = [eval_fn(variables['params'], variables['batch_stats'], run.shard_batch(b))
-          for b in pipeline.eval_batches(split, batch_size)]
+  sums = [eval_fn(variables['params'], variables['batch_stats'], b)
+          for b in feed.evaluate(split, batch_size)]
   total = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
   return float(total['loss_sum'] / total['count']), float(total['correct'] / total['count'])
 
@@ -84,7 +83,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     print(f'This run has already finished ({results_path}): test accuracy '
           f'{results["test_acc"]:.4f}. Nothing to do; use a new --workdir to train again.')
     return results
-  splits = data_lib.load_splits(config.data)  # Fails on bad data before anything is written.
+  splits = feed_lib.load_splits(config.data)  # Fails on bad data before anything is written.
   print(f'Data {config.data.source}: D {len(splits.train)}, D_val {len(splits.val)}, '
         f'test {len(splits.test)} images, {splits.num_classes} classes.')
 
@@ -92,6 +91,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
   pretrained = load_pretrained(config, model, splits.num_classes)
   generator = obtain_generator(config, workdir, splits.num_classes)
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
+  feed = feed_lib.Feed(config, splits, run)
   state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.classifier.lr_schedule
   num_epochs = train_epochs(config, steps)
   if num_epochs > config.num_epochs:
@@ -132,15 +132,12 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     start = time.time()
     lr = float(schedule(epoch * steps))
     sums, count = None, 0
-    bar = tqdm(pipeline.epoch_batches(splits.train, config.batch_size, config.seed, epoch),
-               total=steps, desc=f'epoch {epoch + 1}/{num_epochs}', leave=False,
-               disable=not config.progress_bar, dynamic_ncols=True)
-    for i, batch in enumerate(bar):
-      if run.method.meta:
-        batch.update(val_batch(splits.val, config.meta.val_batch_size, config.seed, epoch, i))
+    bar = tqdm(feed.train(epoch), total=steps, desc=f'epoch {epoch + 1}/{num_epochs}',
+               leave=False, disable=not config.progress_bar, dynamic_ncols=True)
+    for i, (batch, device_batch) in enumerate(bar):
       if on_step is not None:
         on_step(epoch * steps + i, state, batch, step_rng, run)
-      state, metrics = train_step(state, run.shard_batch(batch), step_rng, run.gen_vars)
+      state, metrics = train_step(state, device_batch, step_rng, run.gen_vars)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
       if count % 10 == 0 or count == steps:
@@ -151,7 +148,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     check_finite(train, f'Training in epoch {epoch + 1}',
                  'Lower --config.learning_rate (or the method\'s loss weights)')
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, run)
+    val_loss, val_acc = evaluate(eval_fn, variables, splits.val, config.eval_batch_size, feed)
     if val_acc > progress['best_val_acc']:
       best = jax.tree.map(jnp.copy, variables)
       best_finder = jax.tree.map(jnp.copy, state.finder_params) if meta else None
@@ -174,7 +171,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
           f'acc {train["accuracy"]:.4f}  val loss {val_loss:.4f} acc {val_acc:.4f}  '
           f'lr {lr:.2g}  {row["seconds"]:.1f}s', flush=True)
 
-  _, test_acc = evaluate(eval_fn, best, splits.test, config.eval_batch_size, run)
+  _, test_acc = evaluate(eval_fn, best, splits.test, config.eval_batch_size, feed)
   results = {'method': config.method, 'seed': config.seed, 'data_source': config.data.source,
              'data_fraction': config.data.fraction, 'data_seed': config.data.seed,
              'best_epoch': progress['best_epoch'], 'best_val_acc': progress['best_val_acc'],

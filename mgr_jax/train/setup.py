@@ -159,5 +159,5 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
 
 def val_batch(split, size: int, seed: int, epoch: int, step: int):
   """A D_val batch for the meta step; depends only on (seed, epoch, step)."""
-  idx = np.random.default_rng([seed, epoch, step, 11]).integers(0, len(split), size)
+  idx = pipeline.val_positions(len(split), size, seed, epoch, step)
   return {'val_image': split.images[idx], 'val_label': split.labels[idx]}
