@@ -17,9 +17,10 @@ from mgr_jax.workdir import atomic_write_json, read_json
 CHECKPOINT_ITEMS = ('state', 'best', 'progress')
 
 
-def build_model(model_config, num_classes: int) -> ResNet18:
+def build_model(model_config, num_classes: int, dtype: str = 'float32') -> ResNet18:
+  """`dtype`: the activations' (config.dtype); the variables are float32 either way."""
   return ResNet18(num_classes=num_classes, width=model_config.width,
-                  small_stem=model_config.small_stem)
+                  small_stem=model_config.small_stem, dtype=jnp.dtype(dtype))
 
 
 def init_variables(model, image_size: int, rng):

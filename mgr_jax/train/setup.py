@@ -112,7 +112,7 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
   if not method.uses_generator:
     generator = None  # `base` and `real_cr` never call a generator.
   mesh = make_mesh(config, devices)
-  model = build_model(config.model, num_classes)
+  model = build_model(config.model, num_classes, config.dtype)
   steps = pipeline.steps_per_epoch(num_train, config.batch_size)
   tx = make_optimizer(config, steps)
   rng = jax.random.PRNGKey(config.seed)
