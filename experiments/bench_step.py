@@ -3,6 +3,15 @@
   python -m experiments.bench_step --config=configs/digits.py [--json] [--steps=20]
       [--config.batch_size=64 --config.generator.checkpoint=DIR ...]
 
+At the paper's scale, on an accelerator (random weights and random data; nothing to
+download): ResNet-18 at 224 px, 64 real + 64 synthetic (+ 64 D_val) per step, with a
+StyleGAN2-ADA at 256 px or a BigGAN-deep at 128 px as G; add --config.dtype=bfloat16 for
+bf16 activations:
+
+  python -m experiments.bench_step --scale=paper --generator=stylegan2 --steps=10
+  python -m experiments.bench_step --scale=paper --generator=biggan --steps=10 \
+      --config.dtype=bfloat16
+
 Each method's step is compiled once, run `--warmup` times, then timed `--steps` times
 (median, blocking on the result). Peak memory is XLA's own estimate for the compiled step
 (arguments + outputs + temporaries − donated aliases). Without --config.generator.checkpoint a
@@ -19,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mgr_jax import generators
-from mgr_jax.generators import stylegan2
+from mgr_jax.generators import biggan, stylegan2
 from mgr_jax.methods import METHODS
 from mgr_jax.train.setup import build_run
 
@@ -40,6 +49,39 @@ def random_stylegan2(gen_config, num_classes: int, seed: int = 0):
   variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32) * 0.1,
                            stylegan2.abstract_variables(gdef.module))
   return generators.LoadedGenerator('stylegan2', gdef, variables)
+
+
+def random_biggan(seed: int = 0):
+  """A LoadedGenerator-like BigGAN-deep of the published 128-px layout (1000 classes) with
+  random weights (N(0, 0.02)); BN statistics tables at mean 0, variance 1."""
+  gdef = generators.generator_def('biggan', biggan.config_kwargs({}))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, s):
+    name = jax.tree_util.keystr(path)
+    if 'running_vars' in name:
+      return np.ones(s.shape, np.float32)
+    if 'running_means' in name:
+      return np.zeros(s.shape, np.float32)
+    return rng.standard_normal(s.shape).astype(np.float32) * 0.02
+  variables = jax.tree_util.tree_map_with_path(leaf, biggan.abstract_variables(gdef.module))
+  return generators.LoadedGenerator('biggan', gdef, variables)
+
+
+def paper_scale(config, generator: str):
+  """(config, generator, num_classes) of the paper's step: ResNet-18 at 224 px, 64 real +
+  64 synthetic + 64 D_val, G = StyleGAN2-ADA 256 px (official 256-px widths, 10 classes) or
+  BigGAN-deep 128 px (ImageNet's 1000 classes, as in B.5)."""
+  c = config.copy_and_resolve_references()
+  c.data.image_size, c.data.crop_pad, c.data.flip = 224, 16, True
+  c.model.width, c.model.small_stem = 1.0, False
+  c.batch_size = c.synth.batch_size = c.meta.val_batch_size = 64
+  if generator == 'biggan':
+    return c, random_biggan(), 1000
+  g = c.generator
+  g.resolution, g.z_dim, g.w_dim, g.mapping_layers = 256, 512, 512, 2
+  g.channel_base, g.channel_max, g.conv_clamp = 16384, 512, 256.0
+  return c, random_stylegan2(g, 10), 10
 
 
 def peak_bytes(compiled) -> int:
@@ -92,11 +134,13 @@ def main(argv):
   del argv
   config = FLAGS.config
   num_classes = FLAGS.num_classes
-  batch = random_batch(config, num_classes)
-  if config.generator.checkpoint:
+  if FLAGS.scale == 'paper':
+    config, generator, num_classes = paper_scale(config, FLAGS.generator)
+  elif config.generator.checkpoint:
     generator = generators.load(config.generator.checkpoint)
   else:
     generator = random_stylegan2(config.generator, num_classes)
+  batch = random_batch(config, num_classes)
   seconds, peak, compiles = {}, {}, {}
   for name, method, mode in VARIANTS:
     seconds[name], peak[name], compiles[name] = bench(config, method, mode, generator, batch,
@@ -107,11 +151,12 @@ def main(argv):
   device = device_name()
   if FLAGS.json:
     print(json.dumps({'step_seconds': seconds, 'ratios': ratios, 'peak_bytes': peak,
-                      'device': device}))
+                      'device': device, 'dtype': config.dtype}))
     return
   print(f'device: {device}; batch {config.batch_size} real + {config.synth.batch_size} '
-        f'synthetic at {config.data.image_size} px; ResNet-18 width {config.model.width}; '
-        f'generator {generator.resolution} px, z_dim {generator.z_dim}')
+        f'synthetic at {config.data.image_size} px; ResNet-18 width {config.model.width}, '
+        f'{config.dtype} activations; generator {generator.kind} {generator.resolution} px, '
+        f'z_dim {generator.z_dim}')
   print(f'{"method":<10} {"median step (s)":>16} {"peak memory (MiB)":>18} {"compilations":>13}')
   for name, *_ in VARIANTS:
     print(f'{name:<10} {seconds[name]:>16.4f} {peak[name] / 2**20:>18.1f} {compiles[name]:>13}')
@@ -131,4 +176,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Timed steps per method.')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
   flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
+  flags.DEFINE_enum('scale', 'config', ['config', 'paper'],
+                    'config: the --config shapes; paper: ResNet-18 at 224 px, 64 + 64 per step.')
+  flags.DEFINE_enum('generator', 'stylegan2', ['stylegan2', 'biggan'],
+                    'G of --scale=paper: StyleGAN2-ADA 256 px or BigGAN-deep 128 px.')
   app.run(main)
