@@ -15,7 +15,10 @@ digits); search it on D_val (`python -m experiments.lambda_search`) for a real r
 
      pip install tensorflow tensorflow-datasets
      tfds build imagenet2012 --file_format=array_record --manual_dir=MANUAL_DIR \\
-         --data_dir=gs://BUCKET/tensorflow_datasets
+         --data_dir=DATA_DIR
+
+   then copy DATA_DIR/imagenet2012 to a bucket (gsutil -m cp -r) for a pod: every worker
+   mounts it with gcsfuse at /gcs/BUCKET (paths here are read with the local file API),
 
    or an ImageNet-layout folder: ROOT/train/<wnid>/*.JPEG and ROOT/test/<wnid>/*.JPEG (the
    50 000 validation images sorted into their wnid folders), then
@@ -31,17 +34,18 @@ digits); search it on D_val (`python -m experiments.lambda_search`) for a real r
 3. One host (all its GPUs; docs/scaling.md), each method in its own workdir:
 
      python -m mgr_jax.main --config=configs/imagenet.py --workdir=runs/imagenet_mgr \\
-         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+         --config.data.data_dir=DATA_DIR
      python -m mgr_jax.main --config=configs/imagenet.py --workdir=runs/imagenet_base \\
-         --config.method=base --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+         --config.method=base --config.data.data_dir=DATA_DIR
 
-4. A TPU pod slice: the same command on every worker, with --config.distributed=True and
-   the workdir on a bucket (docs/scaling.md):
+4. A TPU pod slice: the same command on every worker, with --config.distributed=True, the
+   data and the workdir on the bucket mounted at /gcs/BUCKET (docs/scaling.md):
 
      gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command="cd mgr-jax && \\
+         gcsfuse --implicit-dirs BUCKET /gcs/BUCKET && \\
          python -m mgr_jax.main --config=configs/imagenet.py --config.distributed=True \\
-         --config.method=gda --workdir=gs://BUCKET/runs/imagenet_gda \\
-         --config.data.data_dir=gs://BUCKET/tensorflow_datasets"
+         --config.method=gda --workdir=/gcs/BUCKET/runs/imagenet_gda \\
+         --config.data.data_dir=/gcs/BUCKET/tensorflow_datasets"
 """
 from mgr_jax.config import base_config
 

@@ -146,3 +146,25 @@ def test_host_memory_does_not_grow_with_the_dataset(tmp_path):
                          capture_output=True, text=True).stdout
     peaks[n] = int(out.split()[-1]) / 1024
   assert abs(peaks[400] - peaks[40]) < 3.0, peaks  # MiB
+
+
+def test_tfds_source_decodes_like_the_in_memory_tfds_loader_and_caches_labels(tmp_path):
+  """A stand-in for `tfds.data_source` (encoded images, as SkipDecoding gives them)."""
+  import io
+  from mgr_jax.data.sources import tfds_image
+  rng = np.random.default_rng(0)
+  pixels = [rng.integers(0, 256, (30 + i, 20, 3), dtype=np.uint8) for i in range(3)]
+  records = []
+  for i, p in enumerate(pixels):
+    encoded = io.BytesIO()
+    Image.fromarray(p).save(encoded, format='PNG')
+    records.append({'image': encoded.getvalue(), 'label': 2 - i})
+  source = stream.TfdsSource('fake', 'train', '', 16, cache_dir=str(tmp_path))
+  source._reader = records  # pylint: disable=protected-access
+  for i, p in enumerate(pixels):
+    np.testing.assert_array_equal(source[i], tfds_image(p, 16))
+  np.testing.assert_array_equal(source.read_labels(), [2, 1, 0])
+  again = stream.TfdsSource('fake', 'train', '', 16, cache_dir=str(tmp_path))
+  again._reader = []  # pylint: disable=protected-access  # The cache answers, not the records.
+  np.testing.assert_array_equal(again.read_labels(), [2, 1, 0])
+  assert os.listdir(tmp_path) == ['labels-train.npy']

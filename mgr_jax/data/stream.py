@@ -16,6 +16,7 @@ arrays, 1797 tiny images, stay cached). The module imports no JAX: workers stay 
 """
 import dataclasses
 import io
+import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -64,11 +65,13 @@ class FolderSource:
 @dataclasses.dataclass
 class TfdsSource:
   """One split of a prepared TFDS dataset via `tfds.data_source` (array_record, no
-  TensorFlow). Images stay encoded until read; each process opens its own reader."""
+  TensorFlow). Images stay encoded until read; each process opens its own reader.
+  `cache_dir`: where `labels-<split>.npy` is kept (the prepared dataset's directory)."""
   name: str
   split: str
   data_dir: str
   image_size: int
+  cache_dir: str = ''
   labels: Optional[np.ndarray] = None
   _reader: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -92,9 +95,22 @@ class TfdsSource:
       return to_uint8(resize_image(decode_image(im), self.image_size))
 
   def read_labels(self) -> np.ndarray:
-    """Every label of the split: one pass over the records (images are not decoded)."""
+    """Every label of the split. The first time, one pass over all records (images not
+    decoded; for ImageNet the whole 150 GB), kept in `cache_dir` when it is writable: run
+    it once before a multi-process launch (docs/scaling.md), not in every process."""
+    path = os.path.join(self.cache_dir, f'labels-{self.split}.npy')
+    if self.cache_dir and os.path.exists(path):
+      return np.load(path)
     reader = self.reader()
-    return np.asarray([int(reader[i]['label']) for i in range(len(reader))], np.int32)
+    labels = np.asarray([int(reader[i]['label']) for i in range(len(reader))], np.int32)
+    if self.cache_dir:
+      try:
+        tmp = f'{path}.{os.getpid()}.tmp.npy'
+        np.save(tmp, labels)
+        os.replace(tmp, path)
+      except OSError:  # A read-only dataset directory: read again next time.
+        pass
+    return labels
 
 
 # ------------------------------------------------------------------------------ splits
@@ -158,7 +174,8 @@ def _sources(cfg):
   if source.startswith('tfds:'):
     name = source[len('tfds:'):]
     builder = tfds_builder(name, cfg)
-    open_split = lambda split: TfdsSource(name, split, cfg.data_dir, cfg.image_size)
+    open_split = lambda split: TfdsSource(name, split, cfg.data_dir, cfg.image_size,
+                                          str(builder.data_dir))
     train = open_split(cfg.train_split)
     train.labels = train.read_labels()
     test = None
