@@ -17,8 +17,13 @@ digits); search it on D_val (`python -m experiments.lambda_search`) for a real r
      tfds build imagenet2012 --file_format=array_record --manual_dir=MANUAL_DIR \\
          --data_dir=DATA_DIR
 
-   then copy DATA_DIR/imagenet2012 to a bucket (gsutil -m cp -r) for a pod: every worker
-   mounts it with gcsfuse at /gcs/BUCKET (paths here are read with the local file API),
+   then write the label index once (one pass over the records; every process reads it
+   instead of the 150 GB), and copy DATA_DIR to a bucket for a pod, which every worker
+   mounts with gcsfuse at /gcs/BUCKET (paths are read with the local file API):
+
+     python -c "from configs.imagenet import get_config; from mgr_jax.data import stream; \\
+         c = get_config().data; c.data_dir = 'DATA_DIR'; stream.open_splits(c)"
+     gsutil -m cp -r DATA_DIR gs://BUCKET/tensorflow_datasets
 
    or an ImageNet-layout folder: ROOT/train/<wnid>/*.JPEG and ROOT/test/<wnid>/*.JPEG (the
    50 000 validation images sorted into their wnid folders), then
