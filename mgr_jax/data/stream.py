@@ -279,4 +279,8 @@ def iterate(make_batch, workers: int, start: int = 0):
   dataset = grain.MapDataset.range(start, len(make_batch)).map(make_batch).to_iter_dataset()
   if workers > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return iter(dataset)
+  iterator = iter(dataset)
+  try:
+    yield from iterator
+  finally:  # Stops the workers now, also when the consumer stops early or fails.
+    getattr(iterator, 'close', lambda: None)()
