@@ -5,6 +5,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
@@ -66,6 +67,21 @@ class StepContext:
   classifier: ClassifierContext
   synthetic: SyntheticContext = SyntheticContext()
   meta: Optional[MetaContext] = None  # Only for the meta-learning methods.
+  # The data-parallel mesh (axis 'data') the step runs on; None: no sharding constraints.
+  mesh: Optional[Mesh] = None
+
+  def split_over_data(self, x, batch_axis: int = 0):
+    """`x` laid out split over the mesh's data axis along `batch_axis`.
+
+    For what the step draws itself (z, y_p, T's draws): left alone, XLA replicates them and
+    every device would run G, T and the synthetic passes on the whole synthetic batch. The
+    values do not change (threefry is partitionable), only where they are computed.
+    """
+    if self.mesh is None or self.mesh.size == 1:
+      return x
+    spec = [None] * x.ndim
+    spec[batch_axis] = 'data'
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(*spec)))
 
   def real_inputs01(self, images_uint8, rng):
     """Weakly augmented real images in [0, 1] (rng=None: no augmentation)."""

@@ -21,19 +21,22 @@ from mgr_jax.randaugment import sample_rand_augment
 
 
 def draw_synthetic(ctx: StepContext, rng, real01):
-  """This step's random draws, fixed for every evaluation of the loss inside the step."""
+  """This step's random draws, fixed for every evaluation of the loss inside the step; split
+  over the data axis like the real batch, so the synthetic work is shared by the devices."""
   k_z, k_y, k_ra, k_s, k_rr = jax.random.split(rng, 5)
-  synth = ctx.synthetic
+  synth, split = ctx.synthetic, ctx.split_over_data
   n = synth.batch_size
   z_dim = synth.generator.z_dim if synth.generator is not None else 1
+  # RandAugmentParams leaves are [num_ops, batch].
+  split_ra = lambda ra: jax.tree.map(lambda a: split(a, batch_axis=1), ra)
   return {
-      'z': jax.random.normal(k_z, (n, z_dim)),
-      'y': jax.random.randint(k_y, (n,), 0, max(synth.generator_classes, 1)),
-      'ra': sample_rand_augment(k_ra, n, synth.ra_num_ops, synth.ra_magnitude),
-      'latent_noise': jnp.sqrt(synth.latent_noise_var) * jax.random.normal(k_s, (n, z_dim)),
+      'z': split(jax.random.normal(k_z, (n, z_dim))),
+      'y': split(jax.random.randint(k_y, (n,), 0, max(synth.generator_classes, 1))),
+      'ra': split_ra(sample_rand_augment(k_ra, n, synth.ra_num_ops, synth.ra_magnitude)),
+      'latent_noise': split(jnp.sqrt(synth.latent_noise_var) * jax.random.normal(k_s, (n, z_dim))),
       'real01': real01,
-      'ra_real': sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
-                                     synth.ra_magnitude),
+      'ra_real': split_ra(sample_rand_augment(k_rr, real01.shape[0], synth.ra_num_ops,
+                                              synth.ra_magnitude)),
   }
 
 

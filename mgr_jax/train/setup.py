@@ -149,7 +149,7 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
           truncation_psi=config.synth.truncation_psi,
           lam_schedule=lam_schedule(config, steps),
           pcr_stop_grad=config.synth.pcr_stop_grad),
-      meta=meta)
+      meta=meta, mesh=mesh)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   gen_vars = jax.device_put(generator.variables, replicated) if generator is not None else {}
