@@ -72,6 +72,28 @@ def test_epoch_batches_fixed_shape_and_order(tiny_config):
   assert all(b['image'].shape[0] == 64 for b in batches)
 
 
+def test_each_process_gathers_only_its_share_of_every_global_batch(tiny_config):
+  """Two processes: process i gets the i-th half of each global batch (train, eval, D_val),
+  so together they hold exactly the one-process batches, and each gathers half the bytes."""
+  from mgr_jax.train.setup import val_batch
+  s = load_splits(tiny_config.data)
+  whole = list(epoch_batches(s.train, 32, seed=0, epoch=1))
+  halves = [list(epoch_batches(s.train, 32, seed=0, epoch=1, process_index=i, process_count=2))
+            for i in range(2)]
+  evals = [list(eval_batches(s.val, 64, process_index=i, process_count=2)) for i in range(2)]
+  vals = [val_batch(s.val, 16, 0, 1, 3, process_index=i, process_count=2) for i in range(2)]
+  for key in ('image', 'label'):
+    for b, b0, b1 in zip(whole, *halves):
+      assert b0[key].shape[0] == b1[key].shape[0] == 16
+      np.testing.assert_array_equal(np.concatenate([b0[key], b1[key]]), b[key])
+    for b, b0, b1 in zip(eval_batches(s.val, 64), *evals):
+      np.testing.assert_array_equal(np.concatenate([b0[key], b1[key]]), b[key])
+    np.testing.assert_array_equal(np.concatenate([v[f'val_{key}'] for v in vals]),
+                                  val_batch(s.val, 16, 0, 1, 3)[f'val_{key}'])
+  for b, b0, b1 in zip(eval_batches(s.val, 64), *evals):
+    np.testing.assert_array_equal(np.concatenate([b0['mask'], b1['mask']]), b['mask'])
+
+
 def _write_folder(root, classes=('cat', 'dog'), per_class=6, size=(20, 14)):
   rng = np.random.default_rng(0)
   for name in classes:

@@ -1,7 +1,7 @@
 """What the training loop iterates, for either loader (`data.loader`).
 
 `memory`: every split decoded into host memory at start (`data.load_splits`); each process
-builds the global batch and keeps its slice (`Run.shard_batch`). `grain`: splits are
+gathers only its slice of every global batch (`pipeline.process_share`). `grain`: splits are
 positions in a source (`stream.open_splits`); each process reads and decodes only its
 slice, in grain worker processes, and `jax.make_array_from_process_local_data` joins the
 slices into the global batch. Both give the same global batches (tests/test_stream.py).
@@ -49,13 +49,14 @@ class Feed:
       for batch in stream.iterate(make, c.data.workers, start_step):
         yield batch, self.put_local(batch)
       return
-    batches = pipeline.epoch_batches(splits.train, c.batch_size, c.seed, epoch)
+    process = jax.process_index(), jax.process_count()  # Each gathers only its share.
+    batches = pipeline.epoch_batches(splits.train, c.batch_size, c.seed, epoch, *process)
     for i, batch in enumerate(batches):
       if i < start_step:
         continue
       if meta:
-        batch.update(val_batch(splits.val, c.meta.val_batch_size, c.seed, epoch, i))
-      yield batch, self.run.shard_batch(batch)
+        batch.update(val_batch(splits.val, c.meta.val_batch_size, c.seed, epoch, i, *process))
+      yield batch, self.put_local(batch)
 
   def evaluate(self, split, batch_size: int):
     if self.streaming:
@@ -63,5 +64,6 @@ class Feed:
       for batch in stream.iterate(make, self.config.data.workers):
         yield self.put_local(batch)
       return
-    for batch in pipeline.eval_batches(split, batch_size):
-      yield self.run.shard_batch(batch)
+    for batch in pipeline.eval_batches(split, batch_size, jax.process_index(),
+                                       jax.process_count()):
+      yield self.put_local(batch)

@@ -22,15 +22,24 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
   return np.concatenate([rng.permutation(n) for _ in range(-(-steps * batch_size // n))])
 
 
-def epoch_batches(split, batch_size: int, seed: int, epoch: int):
+def process_share(rows, process_index: int = 0, process_count: int = 1):
+  """This process's contiguous share of a global batch's row indices: the rows its devices
+  hold when the batch is split over a data mesh ordered by process (jax.devices())."""
+  return np.split(rows, process_count)[process_index] if process_count > 1 else rows
+
+
+def epoch_batches(split, batch_size: int, seed: int, epoch: int, process_index: int = 0,
+                  process_count: int = 1):
   """Yields dicts of uint8 images / int32 labels; order depends only on (seed, epoch).
 
   Drops the last partial batch (fixed shapes, one compilation); a split smaller than
-  one batch is cycled to fill it.
+  one batch is cycled to fill it. In a multi-process run each process gathers only its
+  share of every global batch of `batch_size` (`process_share`).
   """
   order = epoch_order(len(split), batch_size, seed, epoch)
   for s in range(steps_per_epoch(len(split), batch_size)):
-    idx = order[s * batch_size:(s + 1) * batch_size]
+    idx = process_share(order[s * batch_size:(s + 1) * batch_size], process_index,
+                        process_count)
     yield {'image': split.images[idx], 'label': split.labels[idx]}
 
 
@@ -39,15 +48,18 @@ def val_positions(n: int, size: int, seed: int, epoch: int, step: int) -> np.nda
   return np.random.default_rng([seed, epoch, step, 11]).integers(0, n, size)
 
 
-def eval_batches(split, batch_size: int):
-  """Fixed-size batches covering the split once; `mask` marks the real examples."""
+def eval_batches(split, batch_size: int, process_index: int = 0, process_count: int = 1):
+  """Fixed-size batches covering the split once; `mask` marks the real examples. Per
+  process: its share of each global batch, as `epoch_batches`."""
   n = len(split)
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     pad = batch_size - len(idx)
     idx_padded = np.concatenate([idx, np.zeros(pad, idx.dtype)])
-    yield {'image': split.images[idx_padded], 'label': split.labels[idx_padded],
-           'mask': np.arange(batch_size) < len(idx)}
+    mask = np.arange(batch_size) < len(idx)
+    rows = process_share(np.arange(batch_size), process_index, process_count)
+    yield {'image': split.images[idx_padded[rows]], 'label': split.labels[idx_padded[rows]],
+           'mask': mask[rows]}
 
 
 def _random_crop_flip(image, rng, pad: int, flip: bool):

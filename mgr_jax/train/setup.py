@@ -157,7 +157,10 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
              mesh=mesh)
 
 
-def val_batch(split, size: int, seed: int, epoch: int, step: int):
-  """A D_val batch for the meta step; depends only on (seed, epoch, step)."""
-  idx = pipeline.val_positions(len(split), size, seed, epoch, step)
+def val_batch(split, size: int, seed: int, epoch: int, step: int, process_index: int = 0,
+              process_count: int = 1):
+  """A D_val batch for the meta step; depends only on (seed, epoch, step). Per process: its
+  share of the global batch (`pipeline.process_share`)."""
+  idx = pipeline.process_share(pipeline.val_positions(len(split), size, seed, epoch, step),
+                               process_index, process_count)
   return {'val_image': split.images[idx], 'val_label': split.labels[idx]}
