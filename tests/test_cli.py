@@ -120,10 +120,12 @@ def test_resume_refuses_other_config(finished_run, tmp_path):
     ('--config.method=magic', 'Unknown method'),
     ('--config.data.fraction=1.5', 'out of range'),
     ('--config.finder.lr=1e-3', '--config.finder.lr has moved to --config.meta.finder.lr'),
+    ('--coordinator_address=localhost:1234', 'add --config.distributed=True'),
+    ('--config.distributed=True --num_processes=2', 'Pass all three'),
 ])
 def test_bad_input_fails_cleanly(tmp_path, override, expected):
   workdir = tmp_path / 'w'
-  proc = run_cli(workdir, *tiny_overrides(), override)
+  proc = run_cli(workdir, *tiny_overrides(), *override.split())
   assert proc.returncode != 0
   assert expected in proc.stderr and 'Traceback' not in proc.stderr
   assert not os.path.exists(workdir / 'results.json')
