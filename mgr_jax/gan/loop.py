@@ -25,6 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -187,6 +188,15 @@ def save_generator(out_dir: str, kwargs: dict, variables, source: dict) -> None:
 # Training.
 
 
+def data_mesh(batch_size: int, devices=None) -> Mesh:
+  """The devices that share each GAN batch (all of them by default), axis 'data'."""
+  devices = jax.devices() if devices is None else devices
+  if batch_size % len(devices):
+    raise UserError(f'generator.batch_size={batch_size} must be divisible by the '
+                    f'{len(devices)} devices that share each batch.')
+  return Mesh(np.array(devices), ('data',))
+
+
 def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
   shown = {k: float(v) / count for k, v in jax.device_get(sums).items()}
   row = {'step': step, 'g_loss': shown['g_loss'], 'd_loss': shown['d_loss'],
@@ -238,13 +248,16 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
     print(f'Resuming from step {progress["step"]} of {gcfg.num_steps}.')
   else:
     state = steps.create_state(setup, gcfg.seed, gcfg.ada_p_init)
-  # Restored arrays are committed to a device, fresh ones are not; committing both makes
-  # a fresh and a resumed run compile the same program (one persistent-cache entry).
-  state = jax.device_put(state, jax.devices()[0])
+  # Every device holds the state and D; each step's batch is split over them. Committing
+  # the state (restored arrays are committed, fresh ones not) makes a fresh and a resumed run
+  # compile the same program (one persistent-cache entry).
+  mesh = data_mesh(gcfg.batch_size)
+  replicated = NamedSharding(mesh, P())
+  state = jax.device_put(state, replicated)
   write_jsonl(metrics_path, progress['history'])  # Drops rows logged after the checkpoint.
 
-  data = {'images': jnp.asarray(images), 'labels': jnp.asarray(labels)}
-  train_step = jax.jit(functools.partial(steps.train_step, setup=setup),
+  data = jax.device_put({'images': images, 'labels': labels}, replicated)
+  train_step = jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh),
                        donate_argnums=0)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(gcfg.seed), 1)
   grid_z, grid_labels, rows, cols = grid_inputs(setup.G, gcfg.seed)

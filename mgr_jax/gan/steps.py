@@ -20,6 +20,10 @@ One iteration = `train_step(state, data, rng, setup=...)`: G step, D step, (R1 s
 EMA, ADA, in the official phase order. The real batch and the fake labels are
 drawn inside the step from the whole training set kept on device (uint8), with
 `fold_in(rng, step)` keys: resuming reproduces the same run.
+
+On N devices (`mesh`): the state and D are replicated, the batch (reals, z, labels) is split
+over the 'data' axis. The losses, R1 and ADA's sign statistic are means over the global
+batch, so a step computes what it computes on one device, each device on 1/N of the batch.
 """
 import dataclasses
 import functools
@@ -29,6 +33,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mgr_jax.gan import ada as ada_lib
 from mgr_jax.generators import stylegan2
@@ -209,25 +214,36 @@ def one_hot(setup: GanSetup, labels):
   return jax.nn.one_hot(labels, setup.G.c_dim) if setup.G.c_dim else None
 
 
-def train_step(state: GanState, data, rng, *, setup: GanSetup):
+def split_batch(mesh: Optional[Mesh], x):
+  """`x` split over the mesh's 'data' axis along its first (batch) dimension."""
+  if mesh is None or mesh.size == 1 or x is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P('data')))
+
+
+def train_step(state: GanState, data, rng, *, setup: GanSetup, mesh: Optional[Mesh] = None):
   """One StyleGAN2-ADA iteration: G step, D step, the lazy R1 step when
   step % r1_interval == 0 (lax.cond: one compilation), G_ema, ADA. data: {'images': uint8
-  [N, R, R, C] (all of D), 'labels': int32 [N]}. Jit with setup static.
+  [N, R, R, C] (all of D), 'labels': int32 [N]}. Jit with setup static. `mesh`: the data
+  mesh whose devices share the batch (None: no constraint).
   Returns (state, metrics); metrics['r1_penalty'] is 0 where 'r1_done' is 0."""
   key = jax.random.fold_in(rng, state.step)
   k_real, k_gc, k_dc, k_gz, k_dz, k_g, k_fake, k_d, k_r1 = jax.random.split(key, 9)
   n = data['labels'].shape[0]
   b = setup.batch_size
-  idx = jax.random.choice(k_real, n, (b,), replace=n < b)
-  reals = data['images'][idx].astype(jnp.float32) / 127.5 - 1.0
-  real_c = one_hot(setup, data['labels'][idx])
+  split = functools.partial(split_batch, mesh)
+  idx = split(jax.random.choice(k_real, n, (b,), replace=n < b))
+  reals = split(data['images'][idx].astype(jnp.float32) / 127.5 - 1.0)
+  real_c = split(one_hot(setup, data['labels'][idx]))
   # Fake labels follow the label distribution of D, as the official get_label(randint).
-  g_c = one_hot(setup, data['labels'][jax.random.randint(k_gc, (b,), 0, n)])
-  d_c = one_hot(setup, data['labels'][jax.random.randint(k_dc, (b,), 0, n)])
+  g_c = split(one_hot(setup, data['labels'][jax.random.randint(k_gc, (b,), 0, n)]))
+  d_c = split(one_hot(setup, data['labels'][jax.random.randint(k_dc, (b,), 0, n)]))
 
-  state, loss_g = g_step(state, setup, jax.random.normal(k_gz, (b, setup.G.z_dim)), g_c, k_g)
+  state, loss_g = g_step(state, setup, split(jax.random.normal(k_gz, (b, setup.G.z_dim))), g_c,
+                         k_g)
   fakes, _ = run_G(setup, state.g_params, state.g_buffers,
-                   jax.random.normal(k_dz, (b, setup.G.z_dim)), d_c, k_fake, update_w_avg=False)
+                   split(jax.random.normal(k_dz, (b, setup.G.z_dim))), d_c, k_fake,
+                   update_w_avg=False)
   fakes = jax.lax.stop_gradient(fakes)
   state, loss_d, real_logits = d_step(state, setup, fakes, d_c, reals, real_c, k_d)
   metrics = {'g_loss': loss_g, 'd_loss': loss_d,
