@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
 from mgr_jax import checkpoints
@@ -31,6 +32,14 @@ def evaluate(eval_fn, variables, split, batch_size, feed):
           for b in feed.evaluate(split, batch_size)]
   total = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *sums))
   return float(total['loss_sum'] / total['count']), float(total['correct'] / total['count'])
+
+
+def _all_agree(decision: bool) -> bool:
+  """Process 0's decision, on every process: Orbax saves are collective, and clocks differ."""
+  if jax.process_count() == 1:
+    return decision
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.bool_(decision)))
 
 
 def load_pretrained(config, model, num_classes):
@@ -160,8 +169,8 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     progress['history'].append(row)
     progress['epoch'] = epoch + 1
     progress['train_seconds'] += row['seconds']
-    if (epoch + 1 == num_epochs
-        or time.time() - last_save >= config.checkpoint_every_seconds):
+    if epoch + 1 == num_epochs or _all_agree(
+        time.time() - last_save >= config.checkpoint_every_seconds):
       checkpoints.save(manager, epoch + 1, state=state, best=best, progress=progress,
                        **({BEST_FINDER: best_finder} if best_finder is not None else {}))
       last_save = time.time()
