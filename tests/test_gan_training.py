@@ -240,4 +240,6 @@ def test_sharded_gan_step_equals_single_device():
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5, err_msg=k)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single), jax.tree.leaves(sharded)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
-  print('GAN step FLOPs per device, 1 -> 8 devices:', flops, flops[1] / flops[0])
+  # 2.96e7 -> 4.27e6 (0.144): G's style-mixing and noise draws and ADA's parameter draws stay
+  # replicated (small), the convolutions are split.
+  assert flops[1] <= 1.25 * flops[0] / 8, flops
