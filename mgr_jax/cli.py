@@ -16,11 +16,17 @@ def _config_keys(argv):
 
 
 def parse_flags(argv):
-  """absl parsing, with a one-paragraph error for a bad --config file, key or value."""
+  """absl parsing, with a one-paragraph error for a bad --config file, key or value.
+
+  Then turns on JAX's persistent compilation cache (mgr_jax/compile_cache.py): every entry
+  point parses its flags here, before its first compilation.
+  """
   try:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       flags.FLAGS['config'].value.keys()  # ml_collections defers a config file's load error.
+    from mgr_jax import compile_cache  # After parsing: --help stays fast (no jax import).
+    compile_cache.enable()
     return rest
   except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
     print(f'Error: {e}. Give each --config.key a value of the type of its default in the '

@@ -15,6 +15,18 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _compile_cache_dir(tmp_path_factory):
+  """Command-line runs in the tests share one fresh compilation cache, not the user's."""
+  old = os.environ.get('MGR_JAX_CACHE_DIR')
+  os.environ['MGR_JAX_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
+  yield
+  if old is None:
+    del os.environ['MGR_JAX_CACHE_DIR']
+  else:
+    os.environ['MGR_JAX_CACHE_DIR'] = old
+
+
 def tiny_overrides(**extra):
   """CLI overrides that make configs/digits.py train in seconds."""
   values = {'method': 'base', 'num_epochs': 3, 'data.image_size': 16, 'data.fraction': 0.25,

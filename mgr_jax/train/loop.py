@@ -99,6 +99,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
   model = build_model(config.model, splits.num_classes)
   pretrained = load_pretrained(config, model, splits.num_classes)
   generator = obtain_generator(config, workdir, splits.num_classes)
+  started = time.time()  # Time to first step: build the state, restore, compile, one step.
   run = build_run(config, splits.num_classes, len(splits.train), generator, pretrained)
   feed = feed_lib.Feed(config, splits, run)
   state, steps, schedule = run.state, run.steps_per_epoch, run.ctx.classifier.lr_schedule
@@ -147,6 +148,10 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
       if on_step is not None:
         on_step(epoch * steps + i, state, batch, step_rng, run)
       state, metrics = train_step(state, device_batch, step_rng, run.gen_vars)
+      if started is not None:  # Setup + compilation (see mgr_jax/compile_cache.py).
+        jax.block_until_ready(state)
+        print(f'Time to first step: {time.time() - started:.1f} s.', flush=True)
+        started = None
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
       count += 1
       if count % 10 == 0 or count == steps:
