@@ -9,8 +9,16 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mgr_jax.models.conv import small_map_conv
+
 # torch BatchNorm2d: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
 _BN_KW = dict(momentum=0.9, epsilon=1e-5)
+
+
+class Conv(nn.Conv):
+  """nn.Conv (same parameters) whose small-map convolutions run as a matrix product on CPU
+  (mgr_jax/models/conv.py)."""
+  conv_general_dilated: Any = small_map_conv
 
 
 class BasicBlock(nn.Module):
@@ -22,7 +30,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name, dtype=self.dtype,
                                    **_BN_KW)
-    conv = lambda *a, **k: nn.Conv(*a, use_bias=False, dtype=self.dtype, **k)
+    conv = lambda *a, **k: Conv(*a, use_bias=False, dtype=self.dtype, **k)
     y = conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
              name='conv1')(x)
     y = nn.relu(bn('bn1')(y))
@@ -48,7 +56,7 @@ class Backbone(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     c0 = self._channels(0)
-    conv = lambda *a, **k: nn.Conv(*a, use_bias=False, dtype=self.dtype, name='conv1', **k)
+    conv = lambda *a, **k: Conv(*a, use_bias=False, dtype=self.dtype, name='conv1', **k)
     if self.small_stem:
       x = conv(c0, (3, 3), padding=((1, 1), (1, 1)))(x)
     else:
