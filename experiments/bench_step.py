@@ -2,6 +2,8 @@
 
   python -m experiments.bench_step --config=configs/digits.py [--json] [--steps=20]
       [--config.batch_size=64 --config.generator.checkpoint=DIR ...]
+  python -m experiments.bench_step --config=configs/digits.py --torch   (next to PyTorch eager:
+      experiments/bench_torch.py; needs requirements-test.txt)
 
 At the paper's scale, on an accelerator (random weights and random data; nothing to
 download): ResNet-18 at 224 px, 64 real + 64 synthetic (+ 64 D_val) per step, with a
@@ -134,6 +136,10 @@ def main(argv):
   del argv
   config = FLAGS.config
   num_classes = FLAGS.num_classes
+  if FLAGS.torch:
+    from experiments import bench_torch  # torch is imported only here.
+    bench_torch.run(config, FLAGS.steps, FLAGS.warmup, num_classes, FLAGS.json)
+    return
   if FLAGS.scale == 'paper':
     config, generator, num_classes = paper_scale(config, FLAGS.generator)
   elif config.generator.checkpoint:
@@ -180,4 +186,6 @@ if __name__ == '__main__':
                     'config: the --config shapes; paper: ResNet-18 at 224 px, 64 + 64 per step.')
   flags.DEFINE_enum('generator', 'stylegan2', ['stylegan2', 'biggan'],
                     'G of --scale=paper: StyleGAN2-ADA 256 px or BigGAN-deep 128 px.')
+  flags.DEFINE_bool('torch', False, 'Also run each step in PyTorch eager, interleaved, with a '
+                    'BigGAN in both (experiments/bench_torch.py; --config shapes).')
   app.run(main)

@@ -1,0 +1,154 @@
+"""Our steps next to the same steps in PyTorch eager, timed interleaved in one run.
+
+  python -m experiments.bench_torch --config=configs/digits.py [--steps=20] [--json]
+  python -m experiments.bench_step --config=configs/digits.py --torch     (the same)
+
+For base, pcr, mgr (fd) and mgr (exact): builds our step and `experiments/torch_step.py`'s
+(ResNet-18 as torchvision builds it with the config's width and stem; the same random
+pytorch-pretrained-biggan BigGAN in both frameworks, at the classifier's resolution; our
+RandAugment, all 14 ops, ported to torch), loads our initial weights into torch, and
+1. checks equal math: one step of each with the same weights, batch and random draws (z, y_p,
+   RandAugment ops, crops), printing the largest relative difference of the step's losses;
+2. times `--steps` steps of each after `--warmup`, JAX and torch alternating step by step (so
+   that load from other processes hits both alike), torch at its default thread count and at
+   1 thread (`--torch_threads`); medians, and the ratio JAX / fastest torch.
+JAX's compile time (trace + XLA) is printed too. torch needs requirements-test.txt.
+"""
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from mgr_jax.train.setup import build_run
+
+VARIANTS = (('base', 'base', 'fd'), ('pcr', 'pcr', 'fd'), ('mgr_fd', 'mgr', 'fd'),
+            ('mgr_exact', 'mgr', 'exact'))  # As experiments/bench_step.py.
+CHECKED = ('loss', 'synthetic', 'val_loss_inner', 'kl')
+
+
+def _batch(config, num_classes):
+  n, size, nv = config.batch_size, config.data.image_size, config.synth.val_batch_size
+  rng = np.random.default_rng(0)
+  return {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+          'label': rng.integers(0, num_classes, n).astype(np.int32),
+          'val_image': rng.integers(0, 256, (nv, size, size, 3), dtype=np.uint8),
+          'val_label': rng.integers(0, num_classes, nv).astype(np.int32)}
+
+
+def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
+            threads=(2, 1)):
+  """{variant: {...}}: JAX and torch median seconds, compile seconds, loss agreement.
+
+  torch is timed at each of `threads` (torch.set_num_threads); the ratio is against the
+  fastest. (On a loaded 2-core machine torch's OpenMP with 2 threads can be 10x slower than
+  with 1; JAX's thread pool is left as it is.)
+  """
+  import torch
+  from experiments import torch_step
+  size = config.data.image_size
+  gan_config = torch_step.bench_biggan_config(size, num_classes, config.generator.z_dim,
+                                              gan_width)
+  torch_gen, jax_gen = torch_step.random_biggan(gan_config)
+  full = _batch(config, num_classes)
+  out = {}
+  for name, method, mode in VARIANTS:
+    c = config.copy_and_resolve_references()
+    c.method, c.hypergrad = method, mode
+    batch = full if method == 'mgr' else {k: full[k] for k in ('image', 'label')}
+    run = build_run(c, num_classes, 1000 * c.batch_size, jax_gen)  # lr constant throughout.
+    ref = torch_step.TorchSteps(run.ctx, num_classes, c.model.width, c.model.small_stem,
+                                torch_gen if method != 'base' else None,
+                                weight_decay=c.weight_decay, momentum=c.momentum,
+                                finder_lr=c.finder.lr, lr=c.learning_rate)
+    ref.load_jax_state(run.state)
+    rng = jax.random.PRNGKey(0)
+    args = (run.state, run.shard_batch(batch), rng, run.gen_vars)
+    start = time.perf_counter()
+    lowered = run.jit_step().lower(*args)
+    traced = time.perf_counter()
+    step = lowered.compile()
+    compiled = time.perf_counter()
+    draws, real01 = torch_step.jax_draws(run.state, batch, rng, run.ctx, method)
+    tbatch = torch_step.to_torch(batch)
+
+    # 1. Equal math: the first step of both from the same weights and draws.
+    state, jm = step(run.state, args[1], rng, run.gen_vars)
+    tm = ref.step(name, tbatch, draws, real01)
+    agreement = {k: abs(float(jm[k]) - float(tm[k])) / max(abs(float(jm[k])), 1e-12)
+                 for k in CHECKED if k in tm}
+
+    # 2. Timing, interleaved: JAX, then torch at each thread count, rotating the order.
+    runners = ['jax'] + [f'torch{t}' for t in threads]
+    times = {r: [] for r in runners}
+    for i in range(warmup + steps):
+      for which in runners[i % len(runners):] + runners[:i % len(runners)]:
+        if which != 'jax':
+          torch.set_num_threads(int(which[5:]))
+        t0 = time.perf_counter()
+        if which == 'jax':
+          state, jm = step(state, args[1], rng, run.gen_vars)
+          jax.block_until_ready((state, jm))
+        else:
+          ref.step(name, tbatch)
+        if i >= warmup:
+          times[which].append(time.perf_counter() - t0)
+    med = {r: statistics.median(v) for r, v in times.items()}
+    best = min((med[f'torch{t}'], t) for t in threads)
+    out[name] = {'jax_s': med['jax'], 'torch_s': {t: med[f'torch{t}'] for t in threads},
+                 'torch_best_s': best[0], 'torch_best_threads': best[1],
+                 'ratio': med['jax'] / best[0],
+                 'trace_s': traced - start, 'compile_s': compiled - traced,
+                 'max_rel_loss_diff': max(agreement.values()), 'loss_diffs': agreement}
+  return out, gan_config
+
+
+def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json: bool = False,
+        gan_width: int = 8, threads=None):
+  import torch
+  threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
+  results, gan = compare(config, num_classes, steps, warmup, gan_width, threads)
+  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+  if as_json:
+    print(json.dumps({'results': results, 'device': device, 'torch': torch.__version__,
+                      'jax': jax.__version__}))
+    return results
+  print(f'device: {device}; jax {jax.__version__}, torch {torch.__version__}; {steps} steps '
+        'each, interleaved (JAX, torch at each thread count, in rotating order)')
+  print(f'batch {config.batch_size} real + {config.synth.batch_size} synthetic at '
+        f'{config.data.image_size} px; ResNet-18 width {config.model.width}'
+        f'{" small stem" if config.model.small_stem else ""}; BigGAN '
+        f'{gan["output_dim"]} px, channel_width {gan["channel_width"]}, z {gan["z_dim"]}')
+  torch_cols = ''.join(f'{f"torch {t}T s":>11}' for t in threads)
+  print(f'{"step":<10} {"JAX s":>8}{torch_cols} {"JAX/torch":>10} {"JAX compile s":>14} '
+        f'{"loss rel diff":>14}')
+  for name, r in results.items():
+    cols = ''.join(f'{r["torch_s"][t]:>11.4f}' for t in threads)
+    print(f'{name:<10} {r["jax_s"]:>8.4f}{cols} {r["ratio"]:>10.2f} '
+          f'{r["trace_s"] + r["compile_s"]:>14.1f} {r["max_rel_loss_diff"]:>14.1e}')
+  print('JAX/torch: against the fastest torch column. loss rel diff: the largest relative '
+        'difference of the first step\'s losses (same weights, batch and draws).')
+  return results
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  run(f.config, f.steps, f.warmup, f.num_classes, f.json, f.biggan_channel_width,
+      [int(t) for t in f.torch_threads])
+
+
+if __name__ == '__main__':
+  # Flags only when run as a program: experiments.bench_step --torch imports this module.
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per method and framework.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
+  flags.DEFINE_integer('biggan_channel_width', 8, 'BigGAN channel_width (16 x this at 4 px).')
+  flags.DEFINE_list('torch_threads', [], 'torch thread counts to time (default: torch\'s '
+                    'default and 1).')
+  app.run(main)
