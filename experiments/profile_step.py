@@ -1,0 +1,180 @@
+"""Where a step's time goes: XLA op times from jax.profiler, summed by part of the method.
+
+  python -m experiments.profile_step --config=configs/digits.py [--variants=base,pcr,mgr_fd]
+      [--profile_steps=5] [--top=0]
+
+Compiles each step (base, pcr, mgr fd, mgr exact) at the config's shape with a random
+StyleGAN2-ADA (as experiments.bench_step), runs `--profile_steps` steps under `jax.profiler.trace`
+and attributes every XLA op's time (from the trace's op events) to a part by the JAX name
+stack of the HLO instructions it runs:
+
+  classifier      ResNet-18 forward and backward (every pass: real, synthetic, val, θ±)
+  randaugment     T (mgr_jax.augment.apply_rand_augment), forward and backward
+  generator       G (and the resize/normalise of its output), forward and backward
+  finder          F_φ and its KL term
+  rng             random draws (z, y_p, T's ops, crops)
+  other           everything else: optimiser updates, the hypergradient's vector algebra,
+                  BatchNorm glue fused outside the modules, copies
+
+Shares are of the summed op time (on 2 cores two ops may run at once, so the sum can exceed
+the wall time). `--top=N` also lists the N slowest ops of each step.
+"""
+import collections
+import contextlib
+import functools
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments import bench_step  # Its flags: --config, --num_classes.
+from experiments.bench_step import VARIANTS, random_stylegan2
+from mgr_jax import augment
+from mgr_jax.methods import common
+from mgr_jax.train.setup import build_run
+
+_VARIANTS = flags.DEFINE_list('variants', 'base,pcr,mgr_fd,mgr_exact', 'Steps to profile.')
+_PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5, 'Profiled steps (after 3 others).')
+_TOP = flags.DEFINE_integer('top', 0, 'List the N slowest ops of each step.')
+_NUM_CLASSES = bench_step._NUM_CLASSES
+
+PARTS = ('classifier', 'randaugment', 'generator', 'finder', 'rng', 'other')
+
+
+@contextlib.contextmanager
+def named_parts():
+  """Wraps T and G in jax.named_scope so that their HLO ops carry the part's name."""
+  originals = (augment.apply_rand_augment, common.StepContext.generate,
+               common.StepContext.to_classifier_input, augment.resize)
+
+  def scoped(name, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      with jax.named_scope(name):
+        return fn(*args, **kwargs)
+    return wrapper
+  augment.apply_rand_augment = scoped('mgr_randaugment', originals[0])
+  common.StepContext.generate = scoped('mgr_generator', originals[1])
+  common.StepContext.to_classifier_input = scoped('mgr_generator', originals[2])
+  augment.resize = scoped('mgr_generator', originals[3])
+  try:
+    yield
+  finally:
+    (augment.apply_rand_augment, common.StepContext.generate,
+     common.StepContext.to_classifier_input, augment.resize) = originals
+
+
+def part_of(op_names):
+  """The part of an HLO instruction (or fusion) from the op_names inside it."""
+  text = ' '.join(op_names)
+  if 'mgr_randaugment' in text:
+    return 'randaugment'
+  if 'mgr_generator' in text or 'Generator' in text or 'BigGAN' in text:
+    return 'generator'
+  if 'ResNet18' in text:
+    return 'classifier'
+  if 'Finder' in text or 'kl_penalty' in text:
+    return 'finder'
+  if re.search(r'_threefry|_randint|_normal|_uniform|_bernoulli|random_bits', text):
+    return 'rng'
+  return 'other'
+
+
+def instruction_parts(hlo_text: str):
+  """{instruction name: part} for every instruction of the optimised HLO module."""
+  comps, current = {}, None
+  inst = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
+    if m and not line.startswith(' '):
+      current = m.group(1)
+      comps[current] = []
+      continue
+    m = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) = ', line)
+    if m and current is not None:
+      names = re.findall(r'op_name="([^"]*)"', line)
+      calls = re.findall(r'calls=%?([\w.\-]+)', line)
+      comps[current].append(m.group(1))
+      inst[m.group(1)] = (names, calls)
+
+  @functools.lru_cache(maxsize=None)
+  def names_of(name):
+    names, calls = inst.get(name, ([], []))
+    out = list(names)
+    for c in calls:
+      for sub in comps.get(c, []):
+        out.extend(names_of(sub))
+    return tuple(out)
+  return {name: part_of(names_of(name)) for name in inst}
+
+
+def op_times(trace_dir: str, steps: int):
+  """{op name: µs per step} from the profiler's perfetto trace (XLA op events only)."""
+  path = glob.glob(os.path.join(trace_dir, 'plugins/profile/*/perfetto_trace.json.gz'))[0]
+  events = json.load(gzip.open(path))
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  totals = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and not e['name'].startswith(('$', 'ThunkExecutor', 'Pjit',
+                                                        'CommonPjRt', 'PjRt')):
+      totals[e['name']] += e['dur'] / steps
+  return totals
+
+
+def profile(config, name, method, mode, generator, batch, steps):
+  config = config.copy_and_resolve_references()
+  config.method, config.hypergrad = method, mode
+  run = build_run(config, _NUM_CLASSES.value, 1000 * config.batch_size, generator)
+  args = (run.state, run.shard_batch(batch), jax.random.PRNGKey(0), run.gen_vars)
+  with named_parts():
+    compiled = run.jit_step().lower(*args).compile()
+  parts = instruction_parts(compiled.as_text())
+  state = run.state
+  for _ in range(3):
+    state, metrics = compiled(state, *args[1:])
+  jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = compiled(state, *args[1:])
+        jax.block_until_ready(metrics)
+    times = op_times(tmp, steps)
+  by_part = collections.Counter()
+  for op, us in times.items():
+    by_part[parts.get(op, 'other')] += us
+  return by_part, times, parts
+
+
+def main(argv):
+  del argv
+  config = bench_step._CONFIG.value
+  n, size = config.batch_size, config.data.image_size
+  rng = np.random.default_rng(0)
+  nv = config.synth.val_batch_size
+  batch = {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+           'label': rng.integers(0, _NUM_CLASSES.value, n).astype(np.int32),
+           'val_image': rng.integers(0, 256, (nv, size, size, 3), dtype=np.uint8),
+           'val_label': rng.integers(0, _NUM_CLASSES.value, nv).astype(np.int32)}
+  generator = random_stylegan2(config.generator, _NUM_CLASSES.value)
+  print(f'{"step":<10}' + ''.join(f'{p:>13}' for p in PARTS) + f'{"sum ms":>9}')
+  for name, method, mode in VARIANTS:
+    if name not in _VARIANTS.value:
+      continue
+    step_batch = batch if method == 'mgr' else {k: batch[k] for k in ('image', 'label')}
+    by_part, times, parts = profile(config, name, method, mode, generator, step_batch,
+                                    _PROFILE_STEPS.value)
+    total = sum(by_part.values())
+    print(f'{name:<10}' + ''.join(f'{by_part[p] / 1e3:>7.1f} ({100 * by_part[p] / total:>2.0f}%)'
+                                  for p in PARTS) + f'{total / 1e3:>9.1f}', flush=True)
+    for op, us in times.most_common(_TOP.value):
+      print(f'    {us / 1e3:8.2f} ms  {parts.get(op, "?"):<12} {op}')
+
+
+if __name__ == '__main__':
+  app.run(main)
