@@ -30,7 +30,7 @@ CHECKED = ('loss', 'synthetic', 'val_loss_inner', 'kl')
 
 
 def _batch(config, num_classes):
-  n, size, nv = config.batch_size, config.data.image_size, config.synth.val_batch_size
+  n, size, nv = config.batch_size, config.data.image_size, config.meta.val_batch_size
   rng = np.random.default_rng(0)
   return {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
           'label': rng.integers(0, num_classes, n).astype(np.int32),
@@ -56,13 +56,14 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
   out = {}
   for name, method, mode in VARIANTS:
     c = config.copy_and_resolve_references()
-    c.method, c.hypergrad = method, mode
+    c.method, c.meta.hypergrad = method, mode
+    c.synth.lam_warmup = 0.0  # Full λ from the first step (the warm-up would make it ~0).
     batch = full if method == 'mgr' else {k: full[k] for k in ('image', 'label')}
     run = build_run(c, num_classes, 1000 * c.batch_size, jax_gen)  # lr constant throughout.
     ref = torch_step.TorchSteps(run.ctx, num_classes, c.model.width, c.model.small_stem,
                                 torch_gen if method != 'base' else None,
                                 weight_decay=c.weight_decay, momentum=c.momentum,
-                                finder_lr=c.finder.lr, lr=c.learning_rate)
+                                finder_lr=c.meta.finder.lr)
     ref.load_jax_state(run.state)
     rng = jax.random.PRNGKey(0)
     args = (run.state, run.shard_batch(batch), rng, run.gen_vars)

@@ -9,7 +9,7 @@ and attributes every XLA op's time (from the trace's op events) to a part by the
 stack of the HLO instructions it runs:
 
   classifier      ResNet-18 forward and backward (every pass: real, synthetic, val, θ±)
-  randaugment     T (mgr_jax.augment.apply_rand_augment), forward and backward
+  randaugment     T (mgr_jax.randaugment.apply_rand_augment), forward and backward
   generator       G (and the resize/normalise of its output), forward and backward
   finder          F_φ and its KL term
   rng             random draws (z, y_p, T's ops, crops)
@@ -33,16 +33,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import bench_step  # Its flags: --config, --num_classes.
-from experiments.bench_step import VARIANTS, random_stylegan2
-from mgr_jax import augment
-from mgr_jax.methods import common
+from experiments.bench_step import VARIANTS, random_batch, random_stylegan2
+from mgr_jax import randaugment
+from mgr_jax.methods import common, views
 from mgr_jax.train.setup import build_run
-
-_VARIANTS = flags.DEFINE_list('variants', 'base,pcr,mgr_fd,mgr_exact', 'Steps to profile.')
-_PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 5, 'Profiled steps (after 3 others).')
-_TOP = flags.DEFINE_integer('top', 0, 'List the N slowest ops of each step.')
-_NUM_CLASSES = bench_step._NUM_CLASSES
 
 PARTS = ('classifier', 'randaugment', 'generator', 'finder', 'rng', 'other')
 
@@ -50,8 +44,9 @@ PARTS = ('classifier', 'randaugment', 'generator', 'finder', 'rng', 'other')
 @contextlib.contextmanager
 def named_parts():
   """Wraps T and G in jax.named_scope so that their HLO ops carry the part's name."""
-  originals = (augment.apply_rand_augment, common.StepContext.generate,
-               common.StepContext.to_classifier_input, augment.resize)
+  originals = (views.apply_rand_augment, common.StepContext.generate,
+               common.StepContext.to_classifier_input, views.resize,
+               randaugment.apply_rand_augment)
 
   def scoped(name, fn):
     @functools.wraps(fn)
@@ -59,15 +54,17 @@ def named_parts():
       with jax.named_scope(name):
         return fn(*args, **kwargs)
     return wrapper
-  augment.apply_rand_augment = scoped('mgr_randaugment', originals[0])
+  views.apply_rand_augment = scoped('mgr_randaugment', originals[0])
   common.StepContext.generate = scoped('mgr_generator', originals[1])
   common.StepContext.to_classifier_input = scoped('mgr_generator', originals[2])
-  augment.resize = scoped('mgr_generator', originals[3])
+  views.resize = scoped('mgr_generator', originals[3])
+  randaugment.apply_rand_augment = scoped('mgr_randaugment', originals[4])
   try:
     yield
   finally:
-    (augment.apply_rand_augment, common.StepContext.generate,
-     common.StepContext.to_classifier_input, augment.resize) = originals
+    (views.apply_rand_augment, common.StepContext.generate,
+     common.StepContext.to_classifier_input, views.resize,
+     randaugment.apply_rand_augment) = originals
 
 
 def part_of(op_names):
@@ -127,10 +124,11 @@ def op_times(trace_dir: str, steps: int):
   return totals
 
 
-def profile(config, name, method, mode, generator, batch, steps):
+def profile(config, method, mode, generator, batch, steps, num_classes=10):
+  """({part: µs per step}, {op: µs per step}, {op: part}) of one method's compiled step."""
   config = config.copy_and_resolve_references()
-  config.method, config.hypergrad = method, mode
-  run = build_run(config, _NUM_CLASSES.value, 1000 * config.batch_size, generator)
+  config.method, config.meta.hypergrad = method, mode
+  run = build_run(config, num_classes, 1000 * config.batch_size, generator)
   args = (run.state, run.shard_batch(batch), jax.random.PRNGKey(0), run.gen_vars)
   with named_parts():
     compiled = run.jit_step().lower(*args).compile()
@@ -153,28 +151,29 @@ def profile(config, name, method, mode, generator, batch, steps):
 
 def main(argv):
   del argv
-  config = bench_step._CONFIG.value
-  n, size = config.batch_size, config.data.image_size
-  rng = np.random.default_rng(0)
-  nv = config.synth.val_batch_size
-  batch = {'image': rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-           'label': rng.integers(0, _NUM_CLASSES.value, n).astype(np.int32),
-           'val_image': rng.integers(0, 256, (nv, size, size, 3), dtype=np.uint8),
-           'val_label': rng.integers(0, _NUM_CLASSES.value, nv).astype(np.int32)}
-  generator = random_stylegan2(config.generator, _NUM_CLASSES.value)
+  config, num_classes = FLAGS.config, FLAGS.num_classes
+  batch = random_batch(config, num_classes)
+  generator = random_stylegan2(config.generator, num_classes)
   print(f'{"step":<10}' + ''.join(f'{p:>13}' for p in PARTS) + f'{"sum ms":>9}')
   for name, method, mode in VARIANTS:
-    if name not in _VARIANTS.value:
+    if name not in FLAGS.variants:
       continue
     step_batch = batch if method == 'mgr' else {k: batch[k] for k in ('image', 'label')}
-    by_part, times, parts = profile(config, name, method, mode, generator, step_batch,
-                                    _PROFILE_STEPS.value)
+    by_part, times, parts = profile(config, method, mode, generator, step_batch,
+                                    FLAGS.profile_steps, num_classes)
     total = sum(by_part.values())
     print(f'{name:<10}' + ''.join(f'{by_part[p] / 1e3:>7.1f} ({100 * by_part[p] / total:>2.0f}%)'
                                   for p in PARTS) + f'{total / 1e3:>9.1f}', flush=True)
-    for op, us in times.most_common(_TOP.value):
+    for op, us in times.most_common(FLAGS.top):
       print(f'    {us / 1e3:8.2f} ms  {parts.get(op, "?"):<12} {op}')
 
 
 if __name__ == '__main__':
+  from ml_collections import config_flags
+  FLAGS = flags.FLAGS
+  config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
+  flags.DEFINE_list('variants', 'base,pcr,mgr_fd,mgr_exact', 'Steps to profile.')
+  flags.DEFINE_integer('profile_steps', 5, 'Profiled steps (after 3 untimed ones).')
+  flags.DEFINE_integer('top', 0, 'List the N slowest ops of each step.')
+  flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
   app.run(main)

@@ -8,7 +8,7 @@ state):
   Nesterov SGD with weight decay (torch.optim.SGD = optax add_decayed_weights + sgd);
 - generator: pytorch-pretrained-biggan's BigGAN, spectral norm folded and conv_to_rgb cut to
   its 3 used channels (what converters/biggan.py does; mgr_jax.generators.biggan is the port);
-- T: a port of mgr_jax/augment.py's RandAugment (all 14 ops, per-sample choice, the same
+- T: a port of mgr_jax/randaugment.py's RandAugment (all 14 ops, per-sample choice, the same
   compute-and-select formulation), with the warp as `F.grid_sample` (Kornia's way; the same
   bilinear weights, fill blended by a grid-sampled coverage channel);
 - finder F(z) = z + tanh(MLP(z)) and Adam; the meta step as mgr_jax/meta.py: the real-batch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from mgr_jax import augment as jax_augment
+from mgr_jax import randaugment as jax_augment
 
 OPS = jax_augment.OPS
 GEOMETRIC_OPS = jax_augment.GEOMETRIC_OPS
@@ -183,7 +183,7 @@ def kl_penalty(fz, eps: float = 1e-8):
   return (-0.5 * (1.0 + torch.log(var + eps) - mu.square() - var)).mean()
 
 
-# --- RandAugment (port of mgr_jax/augment.py; NCHW) -------------------------------------------
+# --- RandAugment (port of mgr_jax/randaugment.py; NCHW) -------------------------------------------
 
 
 def _st(x, value):
@@ -284,7 +284,7 @@ def _geometry(name, m01, sign, h, w):
 
 
 def warp(x, matrix, offset, fill: float = 0.5):
-  """mgr_jax.augment.warp with F.grid_sample: bilinear pull-back, fill blended at the border."""
+  """mgr_jax.randaugment.warp with F.grid_sample: bilinear pull-back, fill blended at the border."""
   b, c, h, w = x.shape
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
   yy, xx = torch.meshgrid(torch.arange(h, dtype=x.dtype) - cy,
@@ -300,7 +300,7 @@ def warp(x, matrix, offset, fill: float = 0.5):
 
 
 def apply_round(x, op_index, m01, sign, fill: float = 0.5):
-  """mgr_jax.augment._apply_round for all 14 ops (compute every group, then select)."""
+  """mgr_jax.randaugment._apply_round for all 14 ops (compute every group, then select)."""
   b, _, h, w = x.shape
   is_op = lambda name: op_index == OPS.index(name)
   in_group = lambda names: torch.isin(op_index, torch.tensor([OPS.index(n) for n in names]))
@@ -337,29 +337,46 @@ def rand_augment(x, ra, fill: float = 0.5):
 
 
 class TorchSteps:
-  """One classifier (+ finder, + generator) and the four steps; mirrors mgr_jax's StepContext."""
+  """One classifier (+ finder, + generator) and the four steps, configured by the JAX run's
+  StepContext (mgr_jax/methods/common.py): schedules (lr, λ warm-up) follow its step count."""
 
   def __init__(self, ctx, num_classes: int, width: float, small_stem: bool,
                generator=None, weight_decay: float = 5e-4, momentum: float = 0.9,
-               finder_lr: float = 1e-4, lr: float = None, seed: int = 0):
+               finder_lr: float = 1e-4, seed: int = 0):
     torch.manual_seed(seed)
     self.ctx = ctx
+    self.step_count = 0
     self.clf = Classifier(num_classes, width, small_stem).train()
-    self.lr = lr
-    self.opt = torch.optim.SGD(self.clf.parameters(), lr=lr, momentum=momentum, nesterov=True,
-                               weight_decay=weight_decay)
+    self.opt = torch.optim.SGD(self.clf.parameters(), lr=self._lr(), momentum=momentum,
+                               nesterov=True, weight_decay=weight_decay)
     self.generator = generator
     self.finder = ResidualFinder(generator.config.z_dim) if generator is not None else None
     self.finder_opt = (torch.optim.Adam(self.finder.parameters(), lr=finder_lr)
                        if self.finder is not None else None)
-    self.mean = torch.tensor(ctx.mean, dtype=torch.float32).reshape(1, 3, 1, 1)
-    self.std = torch.tensor(ctx.std, dtype=torch.float32).reshape(1, 3, 1, 1)
+    c = ctx.classifier
+    self.mean = torch.tensor(c.mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+    self.std = torch.tensor(c.std, dtype=torch.float32).reshape(1, 3, 1, 1)
     self.num_classes = num_classes
+
+  def _lr(self):
+    return float(self.ctx.classifier.lr_schedule(self.step_count))
+
+  def _lam(self):
+    return float(self.ctx.synthetic.lam_at(self.step_count))
+
+  def _next(self):
+    """The schedules' values at this step, then the step count moves on (as state.step)."""
+    lr, lam = self._lr(), self._lam()
+    for group in self.opt.param_groups:
+      group['lr'] = lr
+    self.step_count += 1
+    return lr, lam
 
   def load_jax_state(self, state):
     load_flax_classifier(self.clf, state.params, state.batch_stats)
     if self.finder is not None and state.finder_params:
       load_flax_finder(self.finder, state.finder_params)
+    self.step_count = int(state.step)
 
   # Pieces.
   def normalize(self, x01):
@@ -369,7 +386,7 @@ class TorchSteps:
     """uint8 NHWC -> float NCHW in [0, 1], randomly cropped (reflect pad) and flipped."""
     x = images_uint8.permute(0, 3, 1, 2).float() / 255.0
     b, _, h, w = x.shape
-    pad = self.ctx.crop_pad
+    pad = self.ctx.classifier.crop_pad
     if pad > 0:
       crop = torch.randint(0, 2 * pad + 1, (b, 2))
       padded = F.pad(x, (pad, pad, pad, pad), mode='reflect')
@@ -378,35 +395,37 @@ class TorchSteps:
       batch_idx = torch.arange(b)[:, None, None, None]
       channel_idx = torch.arange(x.shape[1])[None, :, None, None]
       x = padded[batch_idx, channel_idx, rows, cols]
-    if self.ctx.flip:
+    if self.ctx.classifier.flip:
       x = torch.where(_b(torch.rand(b) < 0.5), x.flip(3), x)
     return x
 
   def draws(self, n: int):
     """z, y_p and RandAugment draws (the JAX step's `draw_synthetic`, torch's RNG)."""
-    ctx = self.ctx
-    k = ctx.ra_num_ops
+    synth = self.ctx.synthetic
+    k = synth.ra_num_ops
     return {'z': torch.randn(n, self.generator.config.z_dim),
             'y': torch.randint(0, self.num_classes, (n,)),
             'ra': {'op_index': torch.randint(0, len(OPS), (k, n)),
-                   'magnitude': torch.full((k, n), float(ctx.ra_magnitude)),
+                   'magnitude': torch.full((k, n), float(synth.ra_magnitude)),
                    'sign': torch.where(torch.rand(k, n) < 0.5, 1.0, -1.0)}}
 
   def generate(self, latents, y):
     return self.generator(latents, F.one_hot(y, self.num_classes).float(),
-                          float(self.ctx.truncation_psi))
+                          float(self.ctx.synthetic.truncation_psi))
 
   def pcr_loss(self, params, images_m11, ra):
-    """λ·mean ||g(T(x_p)) − g(x_p)||², params=None: the module's own parameters."""
+    """mean ||g(T(x_p)) − g(x_p)||² (unweighted); params=None: the module's own parameters."""
     x01 = _clip((images_m11 + 1.0) * 0.5)
-    assert x01.shape[-1] == self.ctx.image_size, 'generator resolution must equal image_size'
+    assert x01.shape[-1] == self.ctx.classifier.image_size, 'generator size != image_size'
     both = torch.cat([self.normalize(x01), self.normalize(rand_augment(x01, ra))])
     if params is None:
       feats = self.clf(both, features_only=True)
     else:
       feats = functional_call(self.clf, params, (both,), {'features_only': True})
     fa, fb = feats.chunk(2)
-    return self.ctx.lam * (fb - fa).square().sum(-1).mean()
+    if self.ctx.synthetic.pcr_stop_grad:
+      fa = fa.detach()
+    return (fb - fa).square().sum(-1).mean()
 
   def _apply(self, opt, module, grads):
     for p, g in zip(module.parameters(), grads):
@@ -419,6 +438,7 @@ class TorchSteps:
 
   def base_step(self, batch, real01=None):
     x = self._real(batch, real01)
+    self._next()
     self.opt.zero_grad(set_to_none=True)
     loss = F.cross_entropy(self.clf(x), batch['label'])
     loss.backward()
@@ -426,43 +446,44 @@ class TorchSteps:
     return {'loss': loss.detach()}
 
   def pcr_step(self, batch, draws=None, real01=None):
-    d = draws or self.draws(self.ctx.synthetic_batch_size)
+    d = draws or self.draws(self.ctx.synthetic.batch_size)
     x = self._real(batch, real01)
+    _, lam = self._next()
     self.opt.zero_grad(set_to_none=True)
     ce = F.cross_entropy(self.clf(x), batch['label'])
     with torch.no_grad():
       images = self.generate(d['z'], d['y'])
     reg = self.pcr_loss(None, images, d['ra'])
-    (ce + reg).backward()
+    (ce + lam * reg).backward()
     self.opt.step()
-    return {'loss': ce.detach(), 'synthetic': reg.detach() / self.ctx.lam}
+    return {'loss': ce.detach(), 'synthetic': reg.detach()}
 
-  def mgr_step(self, batch, mode: str = 'fd', draws=None, real01=None,
-               fd_radius: float = 0.01):
-    ctx = self.ctx
-    d = draws or self.draws(ctx.synthetic_batch_size)
+  def mgr_step(self, batch, mode: str = 'fd', draws=None, real01=None):
+    ctx, mc = self.ctx, self.ctx.meta
+    d = draws or self.draws(ctx.synthetic.batch_size)
     z, y, ra = d['z'], d['y'], d['ra']
     names = [n for n, _ in self.clf.named_parameters()]
     theta = [p for _, p in self.clf.named_parameters()]
     phi = list(self.finder.parameters())
-    lr = self.lr if not ctx.inner_lr else ctx.inner_lr
-
     x = self._real(batch, real01)
     x_val = self.normalize(batch['val_image'].permute(0, 3, 1, 2).float() / 255.0)
+    lr, lam = self._next()
+    inner_lr = mc.inner_lr if mc.inner_lr > 0 else lr
+
     ce = F.cross_entropy(self.clf(x), batch['label'])  # Writes running stats (real batch).
     ce_grad = torch.autograd.grad(ce, theta)
 
     # Inner step θ' = θ − η ∇_θ L_train(θ, φ).
     if mode == 'exact':
       images = self.generate(self.finder(z), y)  # Graph to φ: the mixed derivative needs it.
-      syn = self.pcr_loss(None, images, ra)
+      syn = lam * self.pcr_loss(None, images, ra)
       syn_grad = torch.autograd.grad(syn, theta, create_graph=True, materialize_grads=True)
     else:
       with torch.no_grad():
         images = self.generate(self.finder(z), y)
-      syn = self.pcr_loss(None, images, ra)
+      syn = lam * self.pcr_loss(None, images, ra)
       syn_grad = torch.autograd.grad(syn, theta, materialize_grads=True)
-    theta_prime = {n: (p - lr * (c + s)).detach().requires_grad_(True)
+    theta_prime = {n: (p - inner_lr * (c + s)).detach().requires_grad_(True)
                    for n, p, c, s in zip(names, theta, ce_grad, syn_grad)}
     val_loss = F.cross_entropy(functional_call(self.clf, theta_prime, (x_val,)),
                                batch['val_label'])
@@ -470,29 +491,28 @@ class TorchSteps:
 
     if mode == 'exact':  # −η ∂/∂φ ⟨∇_θ L_train(θ, φ), v⟩: double backward.
       dot = sum((g * vi).sum() for g, vi in zip(syn_grad, v))
-      hyper = [-lr * h for h in torch.autograd.grad(dot, phi)]
+      hyper = [-inner_lr * h for h in torch.autograd.grad(dot, phi)]
     else:  # −η (∇_φ L(θ⁺, φ) − ∇_φ L(θ⁻, φ)) / 2ε, one generator pass, one backward.
       norm = torch.sqrt(sum(vi.square().sum() for vi in v))
-      eps = fd_radius / torch.clamp(norm, min=torch.finfo(torch.float32).tiny)
+      eps = mc.fd_radius / torch.clamp(norm, min=torch.finfo(torch.float32).tiny)
       plus = {n: (p + eps * vi).detach() for n, p, vi in zip(names, theta, v)}
       minus = {n: (p - eps * vi).detach() for n, p, vi in zip(names, theta, v)}
       images = self.generate(self.finder(z), y)
-      diff = self.pcr_loss(plus, images, ra) - self.pcr_loss(minus, images, ra)
-      scale = -lr / (2.0 * eps)
+      diff = lam * (self.pcr_loss(plus, images, ra) - self.pcr_loss(minus, images, ra))
+      scale = -inner_lr / (2.0 * eps)
       hyper = [scale * h for h in torch.autograd.grad(diff, phi)]
-    fz = self.finder(z)
-    kl = kl_penalty(fz)
+    kl = kl_penalty(self.finder(z))
     kl_grad = torch.autograd.grad(kl, phi)
     self._apply(self.finder_opt, self.finder,
-                [h + ctx.lam_kl * k for h, k in zip(hyper, kl_grad)])
+                [h + mc.lam_kl * k for h, k in zip(hyper, kl_grad)])
 
     # Real update with the new finder (same z, y_p, T).
     with torch.no_grad():
       images = self.generate(self.finder(z), y)
     reg = self.pcr_loss(None, images, ra)
     reg_grad = torch.autograd.grad(reg, theta, materialize_grads=True)
-    self._apply(self.opt, self.clf, [c + r for c, r in zip(ce_grad, reg_grad)])
-    return {'loss': ce.detach(), 'synthetic': reg.detach() / ctx.lam,
+    self._apply(self.opt, self.clf, [c + lam * r for c, r in zip(ce_grad, reg_grad)])
+    return {'loss': ce.detach(), 'synthetic': reg.detach(),
             'val_loss_inner': val_loss.detach(), 'kl': kl.detach()}
 
   def step(self, name: str, batch, draws=None, real01=None):
@@ -520,7 +540,7 @@ def jax_draws(state, batch, rng, ctx, method: str):
     real01 = jax.jit(ctx.real_inputs01)(batch['image'], jax.random.fold_in(rng, state.step))
     draws = None
   else:
-    _, d = jax.jit(lambda s, b, r: jax_steps._real_batch(s, b, r, ctx))(state, batch, rng)
+    _, _, d = jax.jit(lambda s, b, r: jax_steps._real_batch(s, b, r, ctx))(state, batch, rng)
     real01 = d['real01']
     draws = {'z': torch.from_numpy(np.array(d['z'])), 'y': torch.from_numpy(np.array(d['y'])).long(),
              'ra': {'op_index': torch.from_numpy(np.array(d['ra'].op_index)).long(),

@@ -13,7 +13,7 @@ torch = pytest.importorskip('torch', reason='torch (requirements-test.txt) is no
 pytest.importorskip('pytorch_pretrained_biggan', reason='pytorch-pretrained-biggan missing')
 
 from experiments import torch_step  # pylint: disable=wrong-import-position
-from mgr_jax import augment  # pylint: disable=wrong-import-position
+from mgr_jax import randaugment as augment  # pylint: disable=wrong-import-position
 
 
 def test_rand_augment_ops_match():
@@ -58,10 +58,11 @@ def test_pcr_step_matches_jax(tiny_config, one_torch_thread):
   method = 'pcr'
   c = tiny_config
   c.method, c.model.width, c.batch_size, c.synth.batch_size = method, 0.25, 16, 16
+  c.synth.lam_warmup = 0.0  # λ itself at step 0, not the warm-up's 0.
   gan = torch_step.bench_biggan_config(16, 10, z_dim=16, channel_width=4)
   tgen, jgen = torch_step.random_biggan(gan)
   run = build_run(c, 10, 1000, jgen)
-  ref = torch_step.TorchSteps(run.ctx, 10, 0.25, True, tgen, lr=c.learning_rate)
+  ref = torch_step.TorchSteps(run.ctx, 10, 0.25, True, tgen)
   ref.load_jax_state(run.state)
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
