@@ -16,8 +16,10 @@ stack of the HLO instructions it runs:
   other           everything else: optimiser updates, the hypergradient's vector algebra,
                   BatchNorm glue fused outside the modules, copies
 
-Shares are of the summed op time (on 2 cores two ops may run at once, so the sum can exceed
-the wall time). `--top=N` also lists the N slowest ops of each step.
+The last column is the time of the ops inside `mgr_jax.meta.hypergradient_with_aux` (the
+inner step, ∇L_val(θ') and the θ± / JVP passes, whatever their part). Shares are of the
+summed op time (on 2 cores two ops may run at once, so the sum can exceed the wall time).
+`--top=N` also lists the N slowest ops of each step.
 """
 import collections
 import contextlib
@@ -35,18 +37,19 @@ from absl import app, flags
 
 from experiments.bench_step import VARIANTS, random_batch, random_stylegan2
 from mgr_jax import randaugment
-from mgr_jax.methods import common, views
+from mgr_jax.methods import common, steps, views
 from mgr_jax.train.setup import build_run
 
 PARTS = ('classifier', 'randaugment', 'generator', 'finder', 'rng', 'other')
+HYPERGRADIENT = 'mgr_hypergradient'
 
 
 @contextlib.contextmanager
 def named_parts():
-  """Wraps T and G in jax.named_scope so that their HLO ops carry the part's name."""
+  """Wraps T, G and the hypergradient in jax.named_scope: their HLO ops carry the name."""
   originals = (views.apply_rand_augment, common.StepContext.generate,
                common.StepContext.to_classifier_input, views.resize,
-               randaugment.apply_rand_augment)
+               randaugment.apply_rand_augment, steps.hypergradient_with_aux)
 
   def scoped(name, fn):
     @functools.wraps(fn)
@@ -59,12 +62,13 @@ def named_parts():
   common.StepContext.to_classifier_input = scoped('mgr_generator', originals[2])
   views.resize = scoped('mgr_generator', originals[3])
   randaugment.apply_rand_augment = scoped('mgr_randaugment', originals[4])
+  steps.hypergradient_with_aux = scoped(HYPERGRADIENT, originals[5])
   try:
     yield
   finally:
     (views.apply_rand_augment, common.StepContext.generate,
      common.StepContext.to_classifier_input, views.resize,
-     randaugment.apply_rand_augment) = originals
+     randaugment.apply_rand_augment, steps.hypergradient_with_aux) = originals
 
 
 def part_of(op_names):
@@ -84,7 +88,8 @@ def part_of(op_names):
 
 
 def instruction_parts(hlo_text: str):
-  """{instruction name: part} for every instruction of the optimised HLO module."""
+  """{instruction name: (part, in the hypergradient?)} for every instruction of the optimised
+  HLO module."""
   comps, current = {}, None
   inst = {}
   for line in hlo_text.splitlines():
@@ -93,22 +98,36 @@ def instruction_parts(hlo_text: str):
       current = m.group(1)
       comps[current] = []
       continue
-    m = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) = ', line)
+    m = re.match(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^(]*\(([^)]*)\)', line)
     if m and current is not None:
       names = re.findall(r'op_name="([^"]*)"', line)
       calls = re.findall(r'calls=%?([\w.\-]+)', line)
+      operands = re.findall(r'%([\w.\-]+)', m.group(2))
       comps[current].append(m.group(1))
-      inst[m.group(1)] = (names, calls)
+      inst[m.group(1)] = (names, calls, operands)
 
   @functools.lru_cache(maxsize=None)
   def names_of(name):
-    names, calls = inst.get(name, ([], []))
+    names, calls, _ = inst.get(name, ([], [], []))
     out = list(names)
     for c in calls:
       for sub in comps.get(c, []):
         out.extend(names_of(sub))
     return tuple(out)
-  return {name: part_of(names_of(name)) for name in inst}
+
+  @functools.lru_cache(maxsize=None)
+  def part(name, depth=0):
+    """(part, inside the hypergradient?) by its own names; a nameless op (e.g. a custom
+    fusion XLA built for a weight gradient) takes them from its first operand with a part."""
+    names = names_of(name)
+    if names or depth > 8:
+      return part_of(names), any(HYPERGRADIENT in n for n in names)
+    for operand in inst.get(name, ([], [], []))[2]:
+      found = part(operand, depth + 1)
+      if found[0] != 'other':
+        return found
+    return 'other', False
+  return {name: part(name) for name in inst}
 
 
 def op_times(trace_dir: str, steps: int):
@@ -124,8 +143,9 @@ def op_times(trace_dir: str, steps: int):
   return totals
 
 
-def profile(config, method, mode, generator, batch, steps, num_classes=10):
-  """({part: µs per step}, {op: µs per step}, {op: part}) of one method's compiled step."""
+def profile(config, method, mode, generator, batch, steps_, num_classes=10):
+  """({part: µs per step}, µs per step inside the hypergradient, {op: µs per step},
+  {op: (part, in hypergradient)}) of one method's compiled step."""
   config = config.copy_and_resolve_references()
   config.method, config.meta.hypergrad = method, mode
   run = build_run(config, num_classes, 1000 * config.batch_size, generator)
@@ -139,14 +159,16 @@ def profile(config, method, mode, generator, batch, steps, num_classes=10):
   jax.block_until_ready(metrics)
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
-      for _ in range(steps):
+      for _ in range(steps_):
         state, metrics = compiled(state, *args[1:])
         jax.block_until_ready(metrics)
-    times = op_times(tmp, steps)
-  by_part = collections.Counter()
+    times = op_times(tmp, steps_)
+  by_part, hyper = collections.Counter(), 0.0
   for op, us in times.items():
-    by_part[parts.get(op, 'other')] += us
-  return by_part, times, parts
+    part, in_hyper = parts.get(op, ('other', False))
+    by_part[part] += us
+    hyper += us if in_hyper else 0.0
+  return by_part, hyper, times, parts
 
 
 def main(argv):
@@ -154,18 +176,20 @@ def main(argv):
   config, num_classes = FLAGS.config, FLAGS.num_classes
   batch = random_batch(config, num_classes)
   generator = random_stylegan2(config.generator, num_classes)
-  print(f'{"step":<10}' + ''.join(f'{p:>13}' for p in PARTS) + f'{"sum ms":>9}')
+  print(f'{"step":<10}' + ''.join(f'{p:>14}' for p in PARTS) + f'{"sum ms":>9}'
+        + f'{"hypergradient":>16}')
   for name, method, mode in VARIANTS:
     if name not in FLAGS.variants:
       continue
     step_batch = batch if method == 'mgr' else {k: batch[k] for k in ('image', 'label')}
-    by_part, times, parts = profile(config, method, mode, generator, step_batch,
-                                    FLAGS.profile_steps, num_classes)
+    by_part, hyper, times, parts = profile(config, method, mode, generator, step_batch,
+                                           FLAGS.profile_steps, num_classes)
     total = sum(by_part.values())
-    print(f'{name:<10}' + ''.join(f'{by_part[p] / 1e3:>7.1f} ({100 * by_part[p] / total:>2.0f}%)'
-                                  for p in PARTS) + f'{total / 1e3:>9.1f}', flush=True)
+    print(f'{name:<10}' + ''.join(f'{by_part[p] / 1e3:>7.1f} ({100 * by_part[p] / total:>3.0f}%)'
+                                  for p in PARTS) + f'{total / 1e3:>9.1f}'
+          + f'{hyper / 1e3:>8.1f} ({100 * hyper / total:>3.0f}%)', flush=True)
     for op, us in times.most_common(FLAGS.top):
-      print(f'    {us / 1e3:8.2f} ms  {parts.get(op, "?"):<12} {op}')
+      print(f'    {us / 1e3:8.2f} ms  {parts.get(op, ("?",))[0]:<12} {op}')
 
 
 if __name__ == '__main__':
