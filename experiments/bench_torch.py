@@ -39,19 +39,25 @@ def _batch(config, num_classes):
 
 
 def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
-            threads=(2, 1)):
+            threads=(2, 1), gan_resolution: int = 0, device: str = 'cpu'):
   """{variant: {...}}: JAX and torch median seconds, compile seconds, loss agreement.
 
   torch is timed at each of `threads` (torch.set_num_threads); the ratio is against the
   fastest. (On a loaded 2-core machine torch's OpenMP with 2 threads can be 10x slower than
-  with 1; JAX's thread pool is left as it is.)
+  with 1; JAX's thread pool is left as it is.) `gan_resolution`: the BigGAN's output size (0:
+  the classifier's; else its output is resized as in our views). `device`: torch's ('cuda'
+  on a GPU machine; JAX uses its default backend).
   """
   import torch
   from experiments import torch_step
   size = config.data.image_size
-  gan_config = torch_step.bench_biggan_config(size, num_classes, config.generator.z_dim,
-                                              gan_width)
-  torch_gen, jax_gen = torch_step.random_biggan(gan_config)
+  gan_config = torch_step.bench_biggan_config(gan_resolution or size, num_classes,
+                                              config.generator.z_dim, gan_width)
+  torch_gen, jax_gen = torch_step.random_biggan(gan_config)  # Built on the CPU...
+  torch_gen = torch_gen.to(device)
+  if device != 'cpu':
+    torch.set_default_device(device)  # ...everything after on `device`.
+  sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
   full = _batch(config, num_classes)
   out = {}
   for name, method, mode in VARIANTS:
@@ -72,8 +78,8 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
     traced = time.perf_counter()
     step = lowered.compile()
     compiled = time.perf_counter()
-    draws, real01 = torch_step.jax_draws(run.state, batch, rng, run.ctx, method)
-    tbatch = torch_step.to_torch(batch)
+    draws, real01 = torch_step.jax_draws(run.state, batch, rng, run.ctx, method, device)
+    tbatch = torch_step.to_torch(batch, device)
 
     # 1. Equal math: the first step of both from the same weights and draws.
     state, jm = step(run.state, args[1], rng, run.gen_vars)
@@ -94,6 +100,7 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
           jax.block_until_ready((state, jm))
         else:
           ref.step(name, tbatch)
+          sync()
         if i >= warmup:
           times[which].append(time.perf_counter() - t0)
     med = {r: statistics.median(v) for r, v in times.items()}
@@ -107,17 +114,20 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
 
 
 def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json: bool = False,
-        gan_width: int = 8, threads=None):
+        gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu'):
   import torch
   threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
-  results, gan = compare(config, num_classes, steps, warmup, gan_width, threads)
-  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+  results, gan = compare(config, num_classes, steps, warmup, gan_width, threads,
+                         gan_resolution, device)
+  jax_device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
   if as_json:
-    print(json.dumps({'results': results, 'device': device, 'torch': torch.__version__,
-                      'jax': jax.__version__}))
+    print(json.dumps({'results': results, 'device': jax_device, 'torch_device': device,
+                      'torch': torch.__version__, 'jax': jax.__version__}))
     return results
-  print(f'device: {device}; jax {jax.__version__}, torch {torch.__version__}; {steps} steps '
-        'each, interleaved (JAX, torch at each thread count, in rotating order)')
+  torch_device = torch.cuda.get_device_name() if device.startswith('cuda') else device
+  print(f'JAX on {jax_device}, torch on {torch_device}; jax {jax.__version__}, torch '
+        f'{torch.__version__}; {steps} steps each, interleaved (JAX, torch at each thread '
+        'count, in rotating order)')
   print(f'batch {config.batch_size} real + {config.synth.batch_size} synthetic at '
         f'{config.data.image_size} px; ResNet-18 width {config.model.width}'
         f'{" small stem" if config.model.small_stem else ""}; BigGAN '
@@ -138,7 +148,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   run(f.config, f.steps, f.warmup, f.num_classes, f.json, f.biggan_channel_width,
-      [int(t) for t in f.torch_threads])
+      [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device)
 
 
 if __name__ == '__main__':
@@ -152,4 +162,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('biggan_channel_width', 8, 'BigGAN channel_width (16 x this at 4 px).')
   flags.DEFINE_list('torch_threads', [], 'torch thread counts to time (default: torch\'s '
                     'default and 1).')
+  flags.DEFINE_integer('gan_resolution', 0, 'BigGAN output size (0: data.image_size).')
+  flags.DEFINE_string('torch_device', 'cpu', "torch's device: cpu, or cuda on a GPU machine.")
   app.run(main)

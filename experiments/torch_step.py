@@ -416,7 +416,10 @@ class TorchSteps:
   def pcr_loss(self, params, images_m11, ra):
     """mean ||g(T(x_p)) − g(x_p)||² (unweighted); params=None: the module's own parameters."""
     x01 = _clip((images_m11 + 1.0) * 0.5)
-    assert x01.shape[-1] == self.ctx.classifier.image_size, 'generator size != image_size'
+    size = self.ctx.classifier.image_size
+    if x01.shape[-1] != size:  # methods.views.resize: bilinear, antialiased.
+      x01 = F.interpolate(x01, size=(size, size), mode='bilinear', antialias=True,
+                          align_corners=False)
     both = torch.cat([self.normalize(x01), self.normalize(rand_augment(x01, ra))])
     if params is None:
       feats = self.clf(both, features_only=True)
@@ -524,12 +527,12 @@ class TorchSteps:
     return self.mgr_step(batch, 'exact' if name == 'mgr_exact' else 'fd', draws, real01)
 
 
-def to_torch(batch: Dict[str, np.ndarray]):
-  return {k: torch.from_numpy(np.array(v)).long() if k.endswith('label')
-          else torch.from_numpy(np.array(v)) for k, v in batch.items()}
+def to_torch(batch: Dict[str, np.ndarray], device=None):
+  return {k: (torch.from_numpy(np.array(v)).long() if k.endswith('label')
+              else torch.from_numpy(np.array(v))).to(device) for k, v in batch.items()}
 
 
-def jax_draws(state, batch, rng, ctx, method: str):
+def jax_draws(state, batch, rng, ctx, method: str, device=None):
   """The random draws the JAX step makes from (state, rng), as torch inputs: (draws, real01).
 
   Feeding them to `TorchSteps.step` makes both frameworks compute the same step.
@@ -546,4 +549,7 @@ def jax_draws(state, batch, rng, ctx, method: str):
              'ra': {'op_index': torch.from_numpy(np.array(d['ra'].op_index)).long(),
                     'magnitude': torch.from_numpy(np.array(d['ra'].magnitude)),
                     'sign': torch.from_numpy(np.array(d['ra'].sign))}}
-  return draws, torch.from_numpy(np.array(real01)).permute(0, 3, 1, 2).contiguous()
+  if draws is not None:
+    draws = {'z': draws['z'].to(device), 'y': draws['y'].to(device),
+             'ra': {k: v.to(device) for k, v in draws['ra'].items()}}
+  return draws, torch.from_numpy(np.array(real01)).permute(0, 3, 1, 2).contiguous().to(device)
