@@ -167,7 +167,6 @@ def hypergrad_study(config, workdir, seeds, every, radii, dtypes=DTYPES, bench_s
   if every <= 0:
     raise UserError(f'--every={every} must be positive.')
   os.makedirs(workdir, exist_ok=True)
-  runs.enable_compilation_cache(workdir)
   generator = runs.generator_dir(config, ['mgr'], workdir)
 
   def job(mode, seed, name, on_step=None):

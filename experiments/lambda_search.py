@@ -41,7 +41,6 @@ def choose(val_acc_by_lam: dict) -> float:
 def lambda_search(config, workdir, lams, fractions, seeds, method='pcr'):
   (method,) = runs.check_methods([method])
   os.makedirs(workdir, exist_ok=True)
-  runs.enable_compilation_cache(workdir)
 
   def make_jobs(fconfig, generator, parent):
     jobs = []

@@ -202,16 +202,6 @@ def run_jobs(jobs: List[Job], progress: Optional[Progress] = None) -> List[dict]
   return out
 
 
-def enable_compilation_cache(workdir: str) -> None:
-  """JAX's persistent compilation cache in <workdir>/jax_cache (unless one is set already):
-  the runs of a method differ only in their seed, so all but the first of them skip most
-  of their compilation."""
-  import jax
-  if os.environ.get('JAX_COMPILATION_CACHE_DIR') or jax.config.jax_compilation_cache_dir:
-    return
-  jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, 'jax_cache'))
-
-
 @dataclasses.dataclass
 class FractionPlan:
   fraction: float

@@ -58,7 +58,6 @@ def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=(
     return jobs
 
   os.makedirs(workdir, exist_ok=True)
-  runs.enable_compilation_cache(workdir)
   plans = runs.plan_fractions(config, workdir, fractions, methods, make_jobs)
   if finished_only:
     for plan in plans:

@@ -1,5 +1,9 @@
 """JAX's persistent compilation cache, on by default for every command of this project.
 
+The one cache mechanism: every entry point that parses its flags with `mgr_jax.cli` (train,
+train_generator, compare, study, lambda_search, hypergrad, figures) turns it on there, and
+the experiments' runs share it with each other and with single runs.
+
 A step of MGR takes XLA tens of seconds to compile on a small CPU. With the cache on, a second
 run of the same command (a resumed run, another seed, the next method of `experiments.compare`
 that shares a step shape) loads the compiled executables from disk instead of compiling them.
@@ -49,8 +53,11 @@ def enable(path: Optional[str] = None,
   except OSError:
     return None
   jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_seconds))
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)  # No size floor.
+  # JAX's own environment variables, when set, keep the last word on what is written.
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_seconds))
+  if 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)  # No size floor.
   return path
 
 

@@ -58,3 +58,22 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
   monkeypatch.delenv('MGR_JAX_CACHE_DIR')
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   assert compile_cache.default_dir() == os.path.join(str(tmp_path / 'xdg'), 'mgr_jax', 'jax')
+
+
+def test_jax_environment_keeps_its_threshold(monkeypatch, tmp_path):
+  """JAX's own JAX_PERSISTENT_CACHE_* variables (the tests' subprocesses set them) win."""
+  import jax
+  from mgr_jax import compile_cache
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '7')
+  try:
+    assert compile_cache.enable(str(tmp_path / 'c')) == str(tmp_path / 'c')
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'c')
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == before[1]
+    monkeypatch.delenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
+    compile_cache.enable(str(tmp_path / 'c'), min_compile_seconds=0.25)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before[0])
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', before[1])

@@ -35,7 +35,7 @@ def _overrides():
 def env(tmp_path_factory):
   cache = tmp_path_factory.mktemp('jax_cache')
   # XLA's backend optimisation level 0 halves compile time (a few steps need no fast code).
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+  return dict(os.environ, MGR_JAX_CACHE_DIR=str(cache),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1',
               XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'))

@@ -135,7 +135,7 @@ def _overrides():
 def _run(workdir):
   # A persistent compilation cache makes the resumed run skip most of the compiling, and
   # XLA's backend optimisation level 0 halves compile time (4 steps need no fast code).
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(workdir) + '_jax_cache',
+  env = dict(os.environ, MGR_JAX_CACHE_DIR=str(workdir) + '_jax_cache',
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1',
              XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'))
