@@ -1,0 +1,89 @@
+"""The im2col convolution (mgr_jax/models/conv.py) is lax.conv up to float32 rounding,
+forward and both gradients, alone and inside the ResNet."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mgr_jax.models import ResNet18
+from mgr_jax.models import conv
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _close(a, b, rtol=2e-5):
+  """Equal to float32 rounding: error small against the values' own scale."""
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape
+  scale = max(np.abs(b).max(), 1e-12)
+  assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+
+
+# (input size, kernel, stride, padding): ResNet-18's small-map layers and a few odd ones.
+CASES = [(2, 3, 1, ((1, 1), (1, 1))), (4, 3, 2, ((1, 1), (1, 1))), (4, 1, 2, 'VALID'),
+         (5, 3, 2, ((0, 1), (1, 0)))]
+
+
+@pytest.mark.parametrize('size,k,stride,padding', CASES)
+def test_im2col_equals_lax_conv_with_gradients(size, k, stride, padding):
+  kx, kw, kc = jax.random.split(jax.random.PRNGKey(size * 10 + k), 3)
+  x = jax.random.normal(kx, (3, size, size, 8))
+  w = jax.random.normal(kw, (k, k, 8, 16)) / (3 * k)
+
+  def loss(conv_fn, x, w):  # A non-linear read-out, so the cotangent is not constant.
+    out = conv_fn(x, w)
+    return jnp.sum(jnp.sin(out) * jax.random.normal(kc, out.shape)), out
+
+  ours = lambda x, w: conv.small_map_conv(x, w, (stride, stride), padding, dimension_numbers=_DN)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                              dimension_numbers=_DN)
+  both = jax.jit(lambda x, w: [jax.value_and_grad(loss, (1, 2), has_aux=True)(fn, x, w)
+                               for fn in (ours, ref)])  # One compilation for both.
+  ((_, out), grads), ((_, out_ref), grads_ref) = both(x, w)
+  _close(out, out_ref)
+  _close(grads[0], grads_ref[0])
+  _close(grads[1], grads_ref[1])
+  # The matrix-product path really ran (on the CPU backend the tests use).
+  jaxpr = str(jax.make_jaxpr(ours)(x, w))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+
+
+def test_large_maps_and_other_convolutions_stay_lax_conv():
+  x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  pad = ((1, 1), (1, 1))
+  big = jax.make_jaxpr(lambda x: conv.small_map_conv(x, w, (1, 1), pad, dimension_numbers=_DN))(x)
+  assert 'conv_general_dilated' in str(big)  # 64 output pixels > MAX_OUTPUT_PIXELS.
+  small = x[:, :2, :2]
+  for kwargs in ({'rhs_dilation': (2, 2)}, {'padding': 'SAME'}):
+    fn = lambda x: conv.small_map_conv(x, w, (1, 1), **{'padding': pad, 'dimension_numbers': _DN,
+                                                        **kwargs})
+    assert 'conv_general_dilated' in str(jax.make_jaxpr(fn)(small)), kwargs
+
+
+def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
+  """Width-0.125 small-stem ResNet-18 at 8 px (stage 2 at 4x4, stages 3-4 at 2x2 and 1x1),
+  train mode: logits and parameter gradients as with XLA's convolution everywhere."""
+  model = ResNet18(num_classes=10, width=0.125, small_stem=True)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+
+  def run():
+    """(convolutions left in the program, logits, gradients), traced afresh each call (a new
+    function: JAX caches traces per function, and MAX_OUTPUT_PIXELS is read at trace time)."""
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)]), logits
+    convs = str(jax.make_jaxpr(loss)(variables['params'])).count('conv_general_dilated')
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+    return convs, logits, grads
+
+  convs, logits, grads = run()
+  monkeypatch.setattr(conv, 'MAX_OUTPUT_PIXELS', 0)  # Every layer through lax.conv.
+  convs_ref, logits_ref, grads_ref = run()
+  # Stem and layer1 (8x8) stay convolutions; layer2-4's 15 (with 2 downsamples) do not.
+  assert (convs, convs_ref) == (5, 20)
+  _close(logits, logits_ref)
+  for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    _close(g, g_ref, rtol=1e-4)  # Through BN and 8 blocks: rounding compounds a little.
