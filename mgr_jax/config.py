@@ -71,9 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_pad = 4  # Train-time random crop after reflect-padding this many pixels.
   c.data.flip = True  # Train-time random horizontal flip.
   # Real-batch augmentation after crop/flip (Table 3; mgr_jax/data/augment.py): none | mixup |
-  # cutmix | augmix | randaugment | trivialaugment. Combines with every method.
+  # cutmix | snapmix | augmix | randaugment | trivialaugment. Combines with every method.
   c.data.augment = 'none'
-  c.data.mix_alpha = 1.0  # MixUp / CutMix λ ~ Beta(α, α).
+  c.data.mix_alpha = 1.0  # MixUp / CutMix / SnapMix λ ~ Beta(α, α).
   c.data.ra_num_ops = 2  # RandAugment N and M (0-30) of data.augment=randaugment.
   c.data.ra_magnitude = 9.0
   c.data.augmix_severity = 3.0  # AugMix severity (1-10).

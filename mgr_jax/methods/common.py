@@ -10,6 +10,7 @@ from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
 from mgr_jax.methods.views import resize_and_normalize
+from mgr_jax.models.cam import cam_fn
 from mgr_jax.models.resnet import ResNet18
 
 
@@ -72,17 +73,20 @@ class StepContext:
     return weak_augment(images_uint8, rng, crop_pad=self.classifier.crop_pad,
                         flip=self.classifier.flip)
 
-  def real_train_inputs01(self, images_uint8, labels, rng):
+  def real_train_inputs01(self, images_uint8, labels, rng, params=None, batch_stats=None):
     """The training real batch in [0, 1]: crop/flip, then `data.augment` -> (x01, targets).
 
     targets are `labels` unless the augmentation mixes labels (then soft, [B, K]). With
-    augment 'none' this is `real_inputs01` and the step is unchanged bit for bit.
+    augment 'none' this is `real_inputs01` and the step is unchanged bit for bit. SnapMix
+    reads the CAMs of the classifier at (params, batch_stats), the step's current θ.
     """
     x01 = self.real_inputs01(images_uint8, rng)
-    if self.classifier.augment.name == 'none':
+    c = self.classifier
+    if c.augment.name == 'none':
       return x01, labels
+    cams = None if params is None else cam_fn(c.model, params, batch_stats, self.normalize)
     # Its own stream: the crop/flip draws stay those of a run without augmentation.
-    return augment_real(self.classifier.augment, jax.random.fold_in(rng, 1), x01, labels)
+    return augment_real(c.augment, jax.random.fold_in(rng, 1), x01, labels, cams)
 
   def real_inputs(self, images_uint8, rng, train: bool = True):
     return self.normalize(self.real_inputs01(images_uint8, rng if train else None))

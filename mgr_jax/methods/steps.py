@@ -39,7 +39,8 @@ def draw_synthetic(ctx: StepContext, rng, real01):
 
 def _real_batch(state, batch, rng, ctx):
   k_aug, k_draw = jax.random.split(jax.random.fold_in(rng, state.step))
-  real01, targets = ctx.real_train_inputs01(batch['image'], batch['label'], k_aug)
+  real01, targets = ctx.real_train_inputs01(batch['image'], batch['label'], k_aug,
+                                            state.params, state.batch_stats)
   return ctx.normalize(real01), targets, draw_synthetic(ctx, k_draw, real01)
 
 
