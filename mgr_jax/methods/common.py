@@ -9,6 +9,7 @@ import optax
 from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
+from mgr_jax.generators.multimodal import truncate_to_nearest_centre
 from mgr_jax.methods.views import resize_and_normalize
 from mgr_jax.models.cam import cam_fn
 from mgr_jax.models.resnet import ResNet18
@@ -40,6 +41,12 @@ class SyntheticContext:
   truncation_psi: float = 1.0
   pcr_stop_grad: bool = False
   lam_schedule: Optional[Callable[[Any], Any]] = None  # λ at a step (warm-up); None: `lam`.
+  # PCR's pair (synth.consistency): 'randaugment' (G(z), T(G(z))), 'latent' (G(z), G(z+s)),
+  # 'both' (G(z+s), T(G(z))).
+  consistency: str = 'randaugment'
+  # Multi-modal truncation (synth.truncation=multimodal): k-means centres [k, w_dim] of W;
+  # each w is pulled towards its nearest centre by truncation_psi. None: global truncation.
+  w_centres: Any = dataclasses.field(default=None, compare=False)
 
   def lam_at(self, step):
     return self.lam if self.lam_schedule is None else self.lam_schedule(step)
@@ -52,13 +59,15 @@ class SyntheticContext:
 
 @dataclasses.dataclass(frozen=True)
 class MetaContext:
-  """Meta pseudo sampling: the finder F_φ, its optimiser, the inner step and hypergradient."""
-  finder: Any  # Flax finder module.
+  """Meta pseudo sampling: the finder F_φ, its optimiser, the inner step and hypergradient
+  (also the finder of the non-meta `finder_max_*` methods, which use finder, tx and lam_kl)."""
+  finder: Any  # Flax finder module (None when meta.target=generator).
   finder_tx: optax.GradientTransformation
   lam_kl: float = 0.01
   inner_lr: float = 0.0  # 0: the schedule's current learning rate.
   hypergrad: str = 'fd'
   fd_radius: float = 0.01
+  target: str = 'finder'  # What MPS learns: the finder's φ, or 'generator': G's parameters.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,10 @@ class StepContext:
     """x_p = G(latents, y_p) in [-1, 1]; labels are ignored by unconditional generators."""
     synth = self.synthetic
     labels = labels if synth.generator_classes > 0 else None
+    if synth.w_centres is not None:  # Multi-modal truncation: towards the nearest centre.
+      ws = synth.generator.mapping(gen_vars, latents, labels)
+      ws = truncate_to_nearest_centre(ws, jnp.asarray(synth.w_centres), synth.truncation_psi)
+      return synth.generator.synthesis(gen_vars, ws, 'const')
     return synth.generator.apply(gen_vars, latents, labels, truncation_psi=synth.truncation_psi,
                                  noise_mode='const')
 
