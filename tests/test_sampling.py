@@ -109,3 +109,24 @@ def test_bad_sampling_settings_are_user_errors(tiny_config, key, value):
   tiny_config[section][name] = value
   with pytest.raises(UserError, match=name):
     validate(tiny_config)
+
+
+def test_stylegan2_w_space_split_and_multimodal_centres(tmp_path):
+  """A StyleGAN2's mapping then synthesis is its apply; at ψ = 0 multi-modal truncation
+  leaves at most k distinct samples, one per k-means centre."""
+  from test_cli import _tiny_stylegan2_dir
+  from mgr_jax import generators
+  gen = generators.load(str(_tiny_stylegan2_dir(tmp_path / 'gen')))
+  z = jax.random.normal(jax.random.PRNGKey(0), (12, gen.z_dim))
+  labels = jnp.arange(12) % max(gen.num_classes, 1) if gen.num_classes else None
+  ws = jax.jit(gen.mapping)(gen.variables, z, labels)
+  synth = jax.jit(gen.synthesis)
+  np.testing.assert_allclose(synth(gen.variables, ws), gen(z, labels), atol=1e-5)
+  centres = multimodal.w_centres(gen, jax.random.PRNGKey(1), 64, 3)
+  images = np.asarray(synth(gen.variables,
+                            multimodal.truncate_to_nearest_centre(ws, centres, 0.0)))
+  distinct = []
+  for im in images:
+    if not any(np.allclose(im, d, atol=1e-5) for d in distinct):
+      distinct.append(im)
+  assert 1 <= len(distinct) <= 3
