@@ -84,7 +84,8 @@ def load_run(path: str, need_finder: bool = False) -> Run:
     return run
   gen_dir = config.generator.checkpoint or os.path.join(path, 'generator')
   run.generator = generators.load(gen_dir)
-  if method.meta:
+  # A finder to show (meta.target=generator meta-learns G's parameters: no finder).
+  if method.finder and config.meta.get('target', 'finder') == 'finder':
     fcfg = config.meta.finder
     run.finder = finder_lib.make_finder(fcfg.arch, run.generator.z_dim, fcfg.hidden or None,
                                         zero_init_last=fcfg.identity_init)

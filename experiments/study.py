@@ -2,7 +2,11 @@
 
   python -m experiments.study --config=configs/digits.py --workdir=runs/study \
       --methods=base,gda,pcr,mgr --fractions=0.1,0.25,1.0 --seeds=0,1,2,3,4 \
-      [--lam=0.3 | --lam=runs/study/lambda.json] [--config.key=value ...]
+      [--augment=none,cutmix] [--lam=0.3 | --lam=runs/study/lambda.json] [--config.key=value ...]
+
+`--methods` also takes the named rows of the other tables (`experiments/rows.py`: mgr_nokl,
+mgr_generator, mgr_latent, pcr_multimodal, ...), and `--augment` crosses every row with
+`data.augment` values (Table 3: base+cutmix next to mgr+cutmix).
 
 The paper's protocol: for each fraction, one generator trained on that fraction's D only
 (<workdir>/generator_f0.1/generator), shared by the fraction's methods and seeds; D_val and
@@ -21,12 +25,15 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import rows as rows_lib
 from experiments import runs, summary
 from mgr_jax.workdir import atomic_write_json, workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study.')
-_METHODS = flags.DEFINE_list('methods', ['base', 'gda', 'pcr', 'mgr'], 'Methods.')
+_METHODS = flags.DEFINE_list('methods', ['base', 'gda', 'pcr', 'mgr'],
+                             'Methods and named rows (experiments/rows.py).')
+_AUGMENT = flags.DEFINE_list('augment', ['none'], 'data.augment values crossed with --methods.')
 _FRACTIONS = flags.DEFINE_list('fractions', ['0.1', '0.25', '1.0'], 'Shares of D (0, 1].')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2', '3', '4'], 'Training seeds.')
 _LAM = flags.DEFINE_string('lam', '', 'λ of --lam_methods: a number or a lambda.json '
@@ -39,8 +46,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=('pcr', 'mgr'),
-          finished_only=False):
-  methods = runs.check_methods(methods)
+          finished_only=False, augments=('none',)):
+  study_rows = rows_lib.expand(methods, augments)
+  labels = [r.label for r in study_rows]
+  methods = list(dict.fromkeys(r.method for r in study_rows))  # What the runs train.
+  row_of = {}  # run workdir -> its row's label
   lam = runs.read_lam(lam_spec, fractions) if lam_spec else None
   if config.generator.checkpoint and len(fractions) > 1 and runs.uses_generator(methods):
     print('Note: --config.generator.checkpoint is shared by every fraction; the paper trains '
@@ -48,13 +58,15 @@ def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=(
 
   def make_jobs(fconfig, generator, parent):
     jobs = []
-    for method in methods:
+    for row in study_rows:
       for seed in seeds:
-        c = runs.run_config(fconfig, method, seed, generator)
-        if lam and method in lam_methods:
+        c = runs.run_config(fconfig, row.method, seed, generator)
+        rows_lib.apply_overrides(c, row.overrides)
+        if lam and row.method in lam_methods:
           runs.set_lam(c, lam[runs.fraction_key(fconfig.data.fraction)])
-        jobs.append(runs.Job(f'{os.path.basename(parent)} {method} seed {seed}', c,
-                             os.path.join(parent, f'{method}_seed{seed}')))
+        run_dir = os.path.join(parent, f'{row.dirname}_seed{seed}')
+        row_of[run_dir] = row.label
+        jobs.append(runs.Job(f'{os.path.basename(parent)} {row.label} seed {seed}', c, run_dir))
     return jobs
 
   os.makedirs(workdir, exist_ok=True)
@@ -67,14 +79,15 @@ def study(config, workdir, methods, fractions, seeds, lam_spec='', lam_methods=(
   records = []
   for plan, results in zip(plans, runs.run_fractions(plans, methods)):
     for job, result in zip(plan.jobs, results):
-      records.append({'method': job.config.method, 'fraction': runs.fraction_key(plan.fraction),
+      records.append({'method': row_of[job.workdir], 'trained_method': job.config.method,
+                      'fraction': runs.fraction_key(plan.fraction),
                       'seed': job.config.seed, 'workdir': job.workdir,
                       'lam': job.config.synth.lam, 'test_acc': result['test_acc'],
                       'best_val_acc': result['best_val_acc'],
                       'best_epoch': result['best_epoch'],
                       'wall_seconds': result['wall_seconds']})
   generators = {runs.fraction_key(p.fraction): p.generator for p in plans}
-  return write_summary(config, workdir, methods, fractions, seeds, records,
+  return write_summary(config, workdir, labels, fractions, seeds, records,
                        {'spec': lam_spec, 'by_fraction': lam, 'methods': list(lam_methods)}
                        if lam else None, generators)
 
@@ -109,7 +122,8 @@ def main():
           runs.check_methods(_LAM_METHODS.value))
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock(workdir):  # Two studies in one workdir would share half-done runs.
-    study(_CONFIG.value, workdir, _METHODS.value, *args, finished_only=_FINISHED_ONLY.value)
+    study(_CONFIG.value, workdir, _METHODS.value, *args, finished_only=_FINISHED_ONLY.value,
+          augments=_AUGMENT.value)
 
 
 if __name__ == '__main__':

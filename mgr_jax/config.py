@@ -10,6 +10,8 @@ from mgr_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mgr_jax.errors import UserError
 from mgr_jax.methods import METHODS
 
+CONSISTENCIES = ('randaugment', 'latent', 'both')
+
 # Keys that moved into config.meta (old dotted key or prefix -> new one): an old key on the
 # command line or in a config file is an error that names its new place.
 MOVED_KEYS = {'hypergrad': 'meta.hypergrad', 'synth.inner_lr': 'meta.inner_lr',
@@ -71,9 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_pad = 4  # Train-time random crop after reflect-padding this many pixels.
   c.data.flip = True  # Train-time random horizontal flip.
   # Real-batch augmentation after crop/flip (Table 3; mgr_jax/data/augment.py): none | mixup |
-  # cutmix | augmix | randaugment | trivialaugment. Combines with every method.
+  # cutmix | snapmix | augmix | randaugment | trivialaugment. Combines with every method.
   c.data.augment = 'none'
-  c.data.mix_alpha = 1.0  # MixUp / CutMix λ ~ Beta(α, α).
+  c.data.mix_alpha = 1.0  # MixUp / CutMix / SnapMix λ ~ Beta(α, α).
   c.data.ra_num_ops = 2  # RandAugment N and M (0-30) of data.augment=randaugment.
   c.data.ra_magnitude = 9.0
   c.data.augmix_severity = 3.0  # AugMix severity (1-10).
@@ -102,7 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.synth.ra_num_ops = 2  # RandAugment N.
   c.synth.ra_magnitude = 10.0  # RandAugment M on the 0-30 scale (Kornia/torchvision).
   c.synth.latent_noise_var = 1e-3  # LatentAugment: s ~ N(0, var).
-  c.synth.truncation_psi = 1.0
+  c.synth.truncation_psi = 1.0  # ψ (1: none), towards w_avg or, multimodal, the nearest centre.
+  # 'global' (StyleGAN's w_avg) or 'multimodal' (B.7: k-means of W, the nearest centre).
+  c.synth.truncation = 'global'
+  c.synth.truncation_clusters = 16  # k of multimodal truncation...
+  c.synth.truncation_samples = 10_000  # ...over the W of this many z (y uniform).
+  # PCR's pair (pcr, mgr, finder_max_*; Table 9): randaugment (x_p, T(x_p)), latent
+  # (G(z), G(z + s)), both (G(z + s), T(G(z))).
+  c.synth.consistency = 'randaugment'
 
   # Meta pseudo sampling (gda_mps, mgr): the inner step, the hypergradient, the finder F_φ.
   c.meta = ml_collections.ConfigDict()
@@ -111,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.lam_kl = 0.01  # λ_KL of the finder's KL penalty (Eq. 11).
   c.meta.val_batch_size = 64  # D_val samples per meta step.
   c.meta.fd_radius = 0.01  # r of ε = r / ||v||₂ in 'fd' (Eq. 9; DARTS' 0.01).
+  # What MPS meta-learns: 'finder' (F_φ, the paper's) or 'generator' (G's own parameters,
+  # the appendix's ablation; Adam with meta.finder.lr, no KL).
+  c.meta.target = 'finder'
   c.meta.finder = ml_collections.ConfigDict()
   c.meta.finder.arch = 'residual'  # residual (Eq. 10) | linear | mlp | residual_shallow.
   c.meta.finder.hidden = 0  # MLP width; 0 = the generator's z_dim.
@@ -187,6 +199,15 @@ def validate(config) -> None:
     raise UserError(f'data.mix_alpha={config.data.mix_alpha} must be positive.')
   if config.meta.hypergrad not in ('fd', 'exact'):
     raise UserError(f'meta.hypergrad={config.meta.hypergrad!r}: use fd or exact.')
+  if config.synth.consistency not in CONSISTENCIES:
+    raise UserError(f'synth.consistency={config.synth.consistency!r}: use one of '
+                    f'{", ".join(CONSISTENCIES)}.')
+  if config.synth.truncation not in ('global', 'multimodal'):
+    raise UserError(f'synth.truncation={config.synth.truncation!r}: use global or multimodal.')
+  if config.synth.truncation_clusters < 1:
+    raise UserError('synth.truncation_clusters must be at least 1.')
+  if config.meta.target not in ('finder', 'generator'):
+    raise UserError(f'meta.target={config.meta.target!r}: use finder or generator.')
   if not config.meta.fd_radius > 0:
     raise UserError(f'meta.fd_radius={config.meta.fd_radius} must be positive.')
   if not 0.0 <= config.data.val_ratio < 1.0 or not 0.0 < config.data.test_ratio < 1.0:

@@ -133,12 +133,29 @@ def test_study_rerun_reads_finished_runs(study, env):
 @pytest.mark.parametrize('args,expected', [
     (['--fractions=0,0.5'], 'out of range'),
     (['--methods=base,magic'], 'Unknown methods'),
+    (['--augment=none,cutmixx'], 'Unknown data.augment'),
     (['--lam=/no/such/lambda.json'], 'is missing'),
 ])
 def test_study_bad_input_fails_cleanly(tmp_path, env, args, expected):
   proc = _run(env, 'study', f'--workdir={tmp_path / "w"}', *args, check=False)
   assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
   assert 'Traceback' not in proc.stderr and not (tmp_path / 'w' / 'f0.25').exists()
+
+
+def test_study_crosses_rows_with_augment(tmp_path, env):
+  """--augment crosses every row with data.augment: base and base+cutmix side by side."""
+  workdir = tmp_path / 'w'
+  proc = _run(env, 'study', f'--workdir={workdir}', '--methods=base', '--augment=none,cutmix',
+              '--fractions=0.25', '--seeds=0')
+  summary = json.load(open(workdir / 'summary.json'))
+  assert summary['methods'] == ['base', 'base+cutmix']
+  for label, name, aug in [('base', 'base', 'none'), ('base+cutmix', 'base_cutmix', 'cutmix')]:
+    config = json.load(open(workdir / 'f0.25' / f'{name}_seed0' / 'config.json'))
+    assert (config['method'], config['data']['augment']) == ('base', aug)
+    cell = next(c for c in summary['cells'] if c['method'] == label)
+    assert cell['test_acc'] == [100 * _results(workdir / 'f0.25' / f'{name}_seed0')['test_acc']]
+  assert '| base+cutmix |' in (workdir / 'summary.md').read_text()
+  assert proc.stdout.count('time left about') == 2
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,6 @@
 """Every method's step: what it changes, what gets gradient, generator use, sharding."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from mgr_jax.methods.steps import draw_synthetic
 from mgr_jax.train.setup import build_run, check_generator, val_batch
 
 META = {'gda_mps', 'mgr'}
+ASCENT = {'finder_max_ce', 'finder_max_pcr'}  # A finder without meta-learning (Table 7).
 
 
 def _config(tiny_config, method):
@@ -86,13 +88,17 @@ def test_one_step_changes_what_it_should(one_step_per_method, method):
   assert ('fc_p' in after.params) == (method == 'gda_mh')
   if method == 'gda_mh':
     assert all(jax.tree.leaves(_changed(before.params['fc_p'], after.params['fc_p'])))
-  # The finder exists and changes only in the meta-learning methods.
-  if method in META:
+  # The finder exists and changes only in the methods that have one.
+  if method in META | ASCENT:
     # The finder starts as the identity (zero last layer): on the first step only that
     # layer can receive gradient, and it must.
     assert jax.tree.leaves(after.finder_params)
     assert any(jax.tree.leaves(_changed(before.finder_params, after.finder_params)))
-    assert metrics['kl'] >= 0 and np.isfinite(metrics['val_loss_inner'])
+    assert metrics['kl'] >= 0
+    if method in META:
+      assert np.isfinite(metrics['val_loss_inner'])
+    else:  # No bilevel problem: no D_val loss, the finder's own objective instead.
+      assert 'val_loss_inner' not in metrics and np.isfinite(metrics['finder_objective'])
   else:
     assert not jax.tree.leaves(after.finder_params)
   # base and real_cr never call the generator; every other method does.
@@ -177,3 +183,59 @@ def test_sharded_step_equals_single_device_and_splits_the_work(splits, tiny_conf
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5)
+
+
+def test_meta_target_generator_learns_g_and_no_finder(splits, tiny_config):
+  """meta.target=generator: φ is a copy of G's parameters and MPS moves it; there is no
+  finder, and the frozen generator variables the step receives stay as they were."""
+  c = _config(tiny_config, 'mgr')
+  c.meta.target = 'generator'
+  gen = TinyGenerator()
+  run = build_run(c, splits.num_classes, len(splits.train), gen, devices=jax.devices()[:1])
+  assert run.ctx.meta.finder is None
+  g_params = jax.tree.map(np.asarray, gen.variables['params'])
+  assert jax.tree.structure(run.state.finder_params) == jax.tree.structure(g_params)
+  state, metrics = run.jit_step()(run.state, run.shard_batch(_batch(run, splits)),
+                                  jax.random.PRNGKey(0), run.gen_vars)
+  moved = jax.tree.leaves(_changed(g_params, state.finder_params))
+  assert sum(moved) >= len(moved) - 1 and np.isfinite(metrics['val_loss_inner'])
+  assert not any(jax.tree.leaves(_changed(g_params, run.gen_vars['params'])))
+  assert float(metrics['kl']) == 0.0
+
+
+def test_meta_target_generator_needs_a_meta_method(splits, tiny_config):
+  from mgr_jax.errors import UserError
+  c = _config(tiny_config, 'finder_max_pcr')
+  c.meta.target = 'generator'
+  with pytest.raises(UserError, match='needs a meta-learning method'):
+    build_run(c, splits.num_classes, len(splits.train), TinyGenerator(),
+              devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize('method,objective', [('finder_max_ce', 'gda'),
+                                              ('finder_max_pcr', 'pcr')])
+def test_finder_ascent_moves_up_the_loss_it_maximises(splits, tiny_config, method, objective):
+  """One step: the objective at the old θ and the same draws is larger with the new φ, and
+  the classifier's synthetic term is PCR with the new φ."""
+  from mgr_jax.methods.steps import _real_batch
+  c = _config(tiny_config, method)
+  c.meta.finder.lr = 1e-3
+  run = build_run(c, splits.num_classes, len(splits.train), TinyGenerator(),
+                  devices=jax.devices()[:1])
+  batch, rng, ctx = run.shard_batch(_batch(run, splits)), jax.random.PRNGKey(0), run.ctx
+  before = run.state
+  after, metrics = run.jit_step()(jax.tree.map(jnp.copy, before), batch, rng, run.gen_vars)
+
+  @jax.jit
+  def evaluate(phi_old, phi_new):
+    _, _, draws = _real_batch(before, batch, rng, ctx)
+    find = lambda phi: ctx.meta.finder.apply({'params': phi}, draws['z'])
+    value = lambda fn, phi: fn(ctx, before.params, before.batch_stats, find(phi), draws,
+                               run.gen_vars)
+    fn = getattr(terms, objective)
+    return value(fn, phi_old), value(fn, phi_new), value(terms.pcr, phi_new)
+
+  old, new, pcr_new = map(float, evaluate(before.finder_params, after.finder_params))
+  np.testing.assert_allclose(float(metrics['finder_objective']), old, rtol=1e-5)
+  assert new > old
+  np.testing.assert_allclose(float(metrics['synthetic']), pcr_new, rtol=1e-4)

@@ -85,7 +85,7 @@ def test_trivial_augment_applies_exactly_one_op_per_sample():
 
 def test_unknown_augment_lists_the_valid_ones(tiny_config):
   tiny_config.data.augment = 'cutmixx'
-  with pytest.raises(UserError, match='none, mixup, cutmix, augmix, randaugment'):
+  with pytest.raises(UserError, match='none, mixup, cutmix, snapmix, augmix, randaugment'):
     validate(tiny_config)
 
 
@@ -132,3 +132,82 @@ def test_cutmix_real_cr_step_runs(tiny_config):
   step = run.jit_step()
   _, metrics = step(run.state, batch, jax.random.PRNGKey(0), run.gen_vars)
   assert all(np.isfinite(float(v)) for v in jax.tree.leaves(metrics))
+
+
+def _box_np(box, h, w):
+  y1, y2, x1, x2 = (int(v) for v in box)
+  m = np.zeros((h, w), bool)
+  m[y1:y2, x1:x2] = True
+  return m
+
+
+def test_snapmix_label_mass_follows_the_cam_weighted_areas():
+  """ρ_a = CAM mass of x_i outside box a, ρ_b = CAM mass of x_perm(i) inside box b (numpy);
+  box a of x_i shows x_perm(i); the label mass is ρ_a + ρ_b."""
+  size, valid = 8, 0
+  x, labels = _indexed_images(size=size), jnp.arange(B)
+  values = np.arange(B) / B
+  parts = jax.jit(augment.snapmix_parts, static_argnums=4)
+  for seed in range(4):
+    k_cam, key = jax.random.split(jax.random.PRNGKey(seed))
+    cams = jax.random.normal(k_cam, (B, size, size))
+    mixed, targets, perm, box_a, box_b, rho_a, rho_b = jax.tree.map(
+        np.asarray, parts(key, x, labels, cams, B))
+    mask_a, mask_b = _box_np(box_a, size, size), _box_np(box_b, size, size)
+    if not (mask_a.any() and mask_b.any()):
+      continue
+    valid += 1
+    spm = np.asarray(cams) - np.asarray(cams).min(axis=(1, 2), keepdims=True)
+    expect_a = 1 - (spm * mask_a).sum((1, 2)) / spm.sum((1, 2))
+    expect_b = (spm[perm] * mask_b).sum((1, 2)) / spm[perm].sum((1, 2))
+    np.testing.assert_allclose(rho_a, expect_a, atol=1e-5)
+    np.testing.assert_allclose(rho_b, expect_b, atol=1e-5)
+    expected = np.zeros((B, B))
+    expected[np.arange(B), np.arange(B)] += expect_a
+    expected[np.arange(B), perm] += expect_b
+    np.testing.assert_allclose(targets, expected, atol=1e-5)
+    np.testing.assert_allclose(targets.sum(-1), expect_a + expect_b, atol=1e-5)
+    for i in range(B):  # Constant images: the pasted box holds x_perm(i) exactly.
+      np.testing.assert_allclose(mixed[i][mask_a], values[perm[i]], atol=1e-6)
+      np.testing.assert_allclose(mixed[i][~mask_a], values[i], atol=1e-6)
+  assert valid >= 2
+
+
+def test_snapmix_with_flat_cams_is_cutmix_by_area():
+  """A constant CAM has no mass: ρ falls back to the area shares, and the label mass is
+  1 − (area_a − area_b) / HW (exactly 1 when the two boxes have the same area)."""
+  size, x, labels = 8, _random_images(2, B, 8), jnp.arange(B)
+  parts = jax.jit(augment.snapmix_parts, static_argnums=4)
+  for seed in range(3):
+    _, targets, perm, box_a, box_b, rho_a, rho_b = jax.tree.map(
+        np.asarray, parts(jax.random.PRNGKey(seed), x, labels, jnp.ones((B, size, size)), B))
+    area_a = _box_np(box_a, size, size).mean()
+    area_b = _box_np(box_b, size, size).mean()
+    if area_a == 0 or area_b == 0:  # Nothing pasted: the labels stay one-hot.
+      np.testing.assert_allclose(targets, np.eye(B), atol=1e-6)
+      continue
+    np.testing.assert_allclose(rho_a, 1 - area_a, atol=1e-6)
+    np.testing.assert_allclose(rho_b, area_b, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(-1), 1 - area_a + area_b, atol=1e-6)
+
+
+def test_class_activation_map_averages_to_the_logit():
+  """The head at every location of g's last map: its spatial mean is the class's logit."""
+  from mgr_jax.models.cam import class_activation_maps
+  from mgr_jax.models.resnet import ResNet18
+  model = ResNet18(num_classes=5, width=0.125, small_stem=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(1), x)
+  labels = jnp.array([0, 3, 4, 1])
+  cams = class_activation_maps(model, variables['params'], variables['batch_stats'], x, labels,
+                               train=False)
+  logits = model.apply(variables, x)
+  assert cams.shape == (4, 2, 2)  # g downsamples 16 px by 8
+  np.testing.assert_allclose(cams.mean((1, 2)), logits[jnp.arange(4), labels], atol=1e-5)
+
+
+def test_snapmix_base_step_trains_on_cam_weighted_targets(tiny_config):
+  run, batch = _base_run(tiny_config, 'snapmix')
+  state, metrics = run.jit_step()(run.state, batch, jax.random.PRNGKey(0), run.gen_vars)
+  assert all(np.isfinite(float(v)) for v in jax.tree.leaves(metrics))
+  assert int(state.step) == 1

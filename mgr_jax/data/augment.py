@@ -3,12 +3,15 @@
 Runs inside the jitted step after the weak crop/flip, on float NHWC images in [0, 1], so it
 combines with every method (base + CutMix, MGR + CutMix, ...). Each function is pure in
 (rng, images, labels) and returns (images, targets): the integer labels unchanged for the
-label-preserving augmentations, soft targets [B, K] for the label-mixing ones (MixUp, CutMix),
+label-preserving augmentations, soft targets [B, K] for the label-mixing ones (MixUp, CutMix,
+SnapMix),
 which `methods.common.cross_entropy` turns into the soft-target cross-entropy.
 
   none            crop/flip only (the default; the step is bit-identical to one without this)
   mixup           x = λx_i + (1−λ)x_j, t = λy_i + (1−λ)y_j, λ ~ Beta(α, α) (Zhang et al. 2018)
   cutmix          a box of x_j pasted into x_i, t weighted by the pasted area (Yun et al. 2019)
+  snapmix         a box of x_j resized into another box of x_i, t weighted by the class
+                  activation map mass of each part (Huang et al. 2021)
   augmix          (1−m)x + m Σ_k w_k chain_k(x), w ~ Dir(1), m ~ Beta(1, 1) (Hendrycks et al.)
   randaugment     N ops of `mgr_jax.randaugment`, magnitude M, per sample
   trivialaugment  one op per sample, op and magnitude (0..30) uniform (Müller & Hutter 2021)
@@ -18,6 +21,14 @@ mix each sample with a random permutation of the batch. AugMix omits its Jensen-
 consistency loss (torchvision's AugMix does too): that would be a second loss, not an
 augmentation. AugMix, RandAugment and TrivialAugment share the ops of `mgr_jax.randaugment`
 (torchvision's standard ranges; TrivialAugment thus uses the RA space, not the "wide" one).
+
+SnapMix needs the class activation maps (CAMs) of the current model: the caller passes
+`cam_fn(images, labels) -> [B, h, w]` (`mgr_jax.models.cam`: the head applied at every location
+of g's last feature map, current θ, batch statistics, no gradient). Its targets are
+ρ_a·e(y_i) + ρ_b·e(y_j) with ρ_a the CAM mass of x_i outside its box and ρ_b the CAM mass of
+x_j inside the box taken from it, each CAM shifted to a minimum of 0 and normalised to mass 1.
+The two boxes have independent sizes, so ρ_a + ρ_b is not 1 in general: that is SnapMix's
+design (its loss is ρ_a·CE(y_i) + ρ_b·CE(y_j), which the soft-target cross-entropy computes).
 """
 import dataclasses
 
@@ -27,8 +38,8 @@ import jax.numpy as jnp
 from mgr_jax import randaugment as ra
 from mgr_jax.errors import UserError
 
-AUGMENTS = ('none', 'mixup', 'cutmix', 'augmix', 'randaugment', 'trivialaugment')
-LABEL_MIXING = ('mixup', 'cutmix')
+AUGMENTS = ('none', 'mixup', 'cutmix', 'snapmix', 'augmix', 'randaugment', 'trivialaugment')
+LABEL_MIXING = ('mixup', 'cutmix', 'snapmix')
 # AugMix's op set: no colour/contrast/brightness/sharpness, which overlap the test-time
 # corruptions it is evaluated on. 'identity' pads chains shorter than the maximum depth.
 AUGMIX_OPS = ('identity', 'auto_contrast', 'equalize', 'rotate', 'solarize', 'posterize',
@@ -47,7 +58,7 @@ class RealAugment:
   """Static settings of the real-batch augmentation (part of the step's context)."""
   name: str = 'none'
   num_classes: int = 0  # K of the soft targets (label-mixing augmentations).
-  mix_alpha: float = 1.0  # λ ~ Beta(α, α) of MixUp / CutMix.
+  mix_alpha: float = 1.0  # λ ~ Beta(α, α) of MixUp / CutMix / SnapMix.
   ra_num_ops: int = 2
   ra_magnitude: float = 9.0
   augmix_severity: float = 3.0  # AugMix's 1..10 scale: M ~ U(0.1, severity) · 3 on ours.
@@ -72,24 +83,92 @@ def mixup(rng, images, labels, num_classes: int, alpha: float = 1.0):
   return lam * images + (1 - lam) * images[perm], lam * y + (1 - lam) * y[perm]
 
 
+def random_box(k_lam, k_cy, k_cx, h: int, w: int, alpha: float):
+  """CutMix's box (y1, y2, x1, x2): sides √(1−λ)·(H, W), λ ~ Beta(α, α), a uniform centre,
+  clipped at the border (so it may be smaller, or empty)."""
+  lam = jax.random.beta(k_lam, alpha, alpha)
+  cut = jnp.sqrt(1.0 - lam)
+  ch, cw = (h * cut).astype(jnp.int32), (w * cut).astype(jnp.int32)
+  cy, cx = jax.random.randint(k_cy, (), 0, h), jax.random.randint(k_cx, (), 0, w)
+  return (jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h),
+          jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w))
+
+
+def box_mask(box, h: int, w: int):
+  """[H, W] bool mask of box = (y1, y2, x1, x2)."""
+  y1, y2, x1, x2 = box
+  yy, xx = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  return (yy >= y1) & (yy < y2) & (xx >= x1) & (xx < x2)
+
+
 def cutmix(rng, images, labels, num_classes: int, alpha: float = 1.0):
   """A box of area ≈ (1−λ)·HW (clipped at the border) from x_perm; λ re-set to the exact kept
   share, so the label mass of each source equals its share of the pixels."""
   k_lam, k_perm, k_cy, k_cx = jax.random.split(rng, 4)
   _, h, w, _ = images.shape
-  lam = jax.random.beta(k_lam, alpha, alpha)
-  cut = jnp.sqrt(1.0 - lam)
-  ch, cw = (h * cut).astype(jnp.int32), (w * cut).astype(jnp.int32)
-  cy, cx = jax.random.randint(k_cy, (), 0, h), jax.random.randint(k_cx, (), 0, w)
-  y1, y2 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
-  x1, x2 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
-  yy, xx = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  box = (yy >= y1) & (yy < y2) & (xx >= x1) & (xx < x2)  # [H, W]
+  box = box_mask(random_box(k_lam, k_cy, k_cx, h, w, alpha), h, w)  # [H, W]
   perm = jax.random.permutation(k_perm, images.shape[0])
   mixed = jnp.where(box[None, :, :, None], images[perm], images)
   kept = (1.0 - jnp.mean(box.astype(images.dtype))).astype(images.dtype)
   y = _one_hot(labels, num_classes, images.dtype)
   return mixed, kept * y + (1 - kept) * y[perm]
+
+
+def _paste_resized(dst, src, box_dst, box_src):
+  """dst with box_dst replaced by src's box_src, resized bilinearly (corners aligned, as
+  SnapMix's reference) — one static-shape gather, so the boxes may be traced values."""
+  h, w = dst.shape[1:3]
+  (ya1, ya2, xa1, xa2), (yb1, yb2, xb1, xb2) = box_dst, box_src
+  scale = lambda src_len, dst_len: jnp.where(dst_len > 1, (src_len - 1) / jnp.maximum(
+      dst_len - 1, 1), 0.0)
+  sy = yb1 + (jnp.arange(h) - ya1) * scale(yb2 - yb1, ya2 - ya1)  # source row of each row
+  sx = xb1 + (jnp.arange(w) - xa1) * scale(xb2 - xb1, xa2 - xa1)
+  sy, sx = jnp.clip(sy, 0, h - 1), jnp.clip(sx, 0, w - 1)
+  y0, x0 = jnp.floor(sy).astype(jnp.int32), jnp.floor(sx).astype(jnp.int32)
+  y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
+  fy, fx = (sy - y0)[None, :, None, None], (sx - x0)[None, None, :, None]
+  rows = lambda ys: src[:, ys]
+  top = rows(y0)[:, :, x0] * (1 - fx) + rows(y0)[:, :, x1] * fx
+  bottom = rows(y1)[:, :, x0] * (1 - fx) + rows(y1)[:, :, x1] * fx
+  resized = (top * (1 - fy) + bottom * fy).astype(dst.dtype)
+  return jnp.where(box_mask(box_dst, h, w)[None, :, :, None], resized, dst)
+
+
+def snapmix_parts(rng, images, labels, cams, num_classes: int, alpha: float = 1.0):
+  """SnapMix with its pieces: (mixed, targets, perm, box_a, box_b, rho_a, rho_b).
+
+  `cams` [B, h, w]: each sample's CAM of its own label (resized bilinearly to the images).
+  Box a (in x_i) receives box b of x_perm(i); both boxes drawn as CutMix's, independently.
+  If either box is empty nothing is pasted (ρ_a = 1, ρ_b = 0); a CAM with no mass after the
+  shift (constant) falls back to the area shares, as the reference implementation does.
+  """
+  k_perm, k_a, k_b = jax.random.split(rng, 3)
+  b, h, w, _ = images.shape
+  box_a = random_box(*jax.random.split(k_a, 3), h, w, alpha)
+  box_b = random_box(*jax.random.split(k_b, 3), h, w, alpha)
+  area = lambda box: (box[1] - box[0]) * (box[3] - box[2])
+  valid = (area(box_a) > 0) & (area(box_b) > 0)
+  perm = jax.random.permutation(k_perm, b)
+  if cams.shape[1:] != (h, w):
+    cams = jax.image.resize(cams, (b, h, w), method='linear', antialias=False)
+  spm = cams - jnp.min(cams, axis=(1, 2), keepdims=True)  # semantic percentage map (·mass)
+  mass = jnp.sum(spm, axis=(1, 2))
+
+  def share(box, sample_spm, sample_mass):
+    inside = jnp.sum(sample_spm * box_mask(box, h, w)[None], axis=(1, 2))
+    return jnp.where(sample_mass > 0, inside / jnp.where(sample_mass > 0, sample_mass, 1.0),
+                     area(box) / (h * w))
+
+  rho_a = jnp.where(valid, 1.0 - share(box_a, spm, mass), 1.0).astype(images.dtype)
+  rho_b = jnp.where(valid, share(box_b, spm[perm], mass[perm]), 0.0).astype(images.dtype)
+  mixed = jnp.where(valid, _paste_resized(images, images[perm], box_a, box_b), images)
+  y = _one_hot(labels, num_classes, images.dtype)
+  targets = rho_a[:, None] * y + rho_b[:, None] * y[perm]
+  return mixed, targets, perm, box_a, box_b, rho_a, rho_b
+
+
+def snapmix(rng, images, labels, cams, num_classes: int, alpha: float = 1.0):
+  return snapmix_parts(rng, images, labels, cams, num_classes, alpha)[:2]
 
 
 def augmix_parts(rng, images, severity: float = 3.0, width: int = 3, depth: int = 3):
@@ -130,8 +209,11 @@ def sample_trivial_augment(rng, batch_size: int) -> ra.RandAugmentParams:
       magnitude=mag, sign=sign)
 
 
-def augment_real(spec: RealAugment, rng, images, labels):
-  """(images, targets) of the real batch under `spec`; `images` float NHWC in [0, 1]."""
+def augment_real(spec: RealAugment, rng, images, labels, cam_fn=None):
+  """(images, targets) of the real batch under `spec`; `images` float NHWC in [0, 1].
+
+  `cam_fn(images, labels) -> [B, h, w]`: the current model's CAMs (SnapMix only).
+  """
   name = spec.name
   if name == 'none':
     return images, labels
@@ -139,6 +221,11 @@ def augment_real(spec: RealAugment, rng, images, labels):
     return mixup(rng, images, labels, spec.num_classes, spec.mix_alpha)
   if name == 'cutmix':
     return cutmix(rng, images, labels, spec.num_classes, spec.mix_alpha)
+  if name == 'snapmix':
+    if cam_fn is None:
+      raise ValueError('data.augment=snapmix needs the class activation maps (cam_fn).')
+    return snapmix(rng, images, labels, cam_fn(images, labels), spec.num_classes,
+                   spec.mix_alpha)
   if name == 'augmix':
     return augmix(rng, images, spec.augmix_severity, spec.augmix_width,
                   spec.augmix_depth), labels

@@ -61,6 +61,10 @@ class GeneratorDef:
   apply: Callable[..., Any]
   abstract_variables: Callable[[], Any]
   module: Any = None  # The underlying Flax module, for kind-specific use.
+  # Kinds with a W space (StyleGAN2): mapping(variables, z, labels) -> ws [N, num_ws, w_dim]
+  # without truncation, synthesis(variables, ws, noise_mode) -> images. None otherwise.
+  mapping: Optional[Callable[..., Any]] = None
+  synthesis: Optional[Callable[..., Any]] = None
 
 
 def register_kind(kind: str, target: str):
@@ -231,6 +235,7 @@ class LoadedGenerator:
     self.resolution = gdef.resolution
     self.channels = gdef.channels
     self._jitted = jax.jit(gdef.apply, static_argnames=('truncation_psi', 'noise_mode'))
+    self.mapping, self.synthesis = gdef.mapping, gdef.synthesis  # None: no W space.
 
   def apply(self, variables, z, labels=None, truncation_psi=1.0, noise_mode='const', rng=None):
     """Pure: NHWC float32 images in about [-1, 1]; differentiable w.r.t. z."""

@@ -680,4 +680,7 @@ def generator_def(kwargs: Mapping[str, Any]):
 
   return GeneratorDef(kwargs=validate_kwargs(kwargs), z_dim=G.z_dim, num_classes=G.c_dim,
                       resolution=G.img_resolution, channels=G.img_channels, apply=apply,
-                      abstract_variables=lambda: abstract_variables(G), module=G)
+                      abstract_variables=lambda: abstract_variables(G), module=G,
+                      mapping=lambda variables, z, labels=None: mapping(G, variables, z, labels),
+                      synthesis=lambda variables, ws, noise_mode='const': synthesis(
+                          G, variables, ws, noise_mode))

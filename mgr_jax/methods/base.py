@@ -8,7 +8,8 @@ from mgr_jax.methods.common import (StepContext, accuracy, apply_classifier_upda
 def base_step(state, batch, rng, gen_vars=None, *, ctx: StepContext):
   del gen_vars
   x01, targets = ctx.real_train_inputs01(batch['image'], batch['label'],
-                                        jax.random.fold_in(rng, state.step))
+                                        jax.random.fold_in(rng, state.step), state.params,
+                                        state.batch_stats)
   x = ctx.normalize(x01)
 
   def loss_fn(params):

@@ -10,7 +10,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
+from mgr_jax.generators.multimodal import truncate_to_nearest_centre
 from mgr_jax.methods.views import resize_and_normalize
+from mgr_jax.models.cam import cam_fn
 from mgr_jax.models.resnet import ResNet18
 
 
@@ -40,6 +42,12 @@ class SyntheticContext:
   truncation_psi: float = 1.0
   pcr_stop_grad: bool = False
   lam_schedule: Optional[Callable[[Any], Any]] = None  # λ at a step (warm-up); None: `lam`.
+  # PCR's pair (synth.consistency): 'randaugment' (G(z), T(G(z))), 'latent' (G(z), G(z+s)),
+  # 'both' (G(z+s), T(G(z))).
+  consistency: str = 'randaugment'
+  # Multi-modal truncation (synth.truncation=multimodal): k-means centres [k, w_dim] of W;
+  # each w is pulled towards its nearest centre by truncation_psi. None: global truncation.
+  w_centres: Any = dataclasses.field(default=None, compare=False)
 
   def lam_at(self, step):
     return self.lam if self.lam_schedule is None else self.lam_schedule(step)
@@ -52,13 +60,15 @@ class SyntheticContext:
 
 @dataclasses.dataclass(frozen=True)
 class MetaContext:
-  """Meta pseudo sampling: the finder F_φ, its optimiser, the inner step and hypergradient."""
-  finder: Any  # Flax finder module.
+  """Meta pseudo sampling: the finder F_φ, its optimiser, the inner step and hypergradient
+  (also the finder of the non-meta `finder_max_*` methods, which use finder, tx and lam_kl)."""
+  finder: Any  # Flax finder module (None when meta.target=generator).
   finder_tx: optax.GradientTransformation
   lam_kl: float = 0.01
   inner_lr: float = 0.0  # 0: the schedule's current learning rate.
   hypergrad: str = 'fd'
   fd_radius: float = 0.01
+  target: str = 'finder'  # What MPS learns: the finder's φ, or 'generator': G's parameters.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,17 +98,20 @@ class StepContext:
     return weak_augment(images_uint8, rng, crop_pad=self.classifier.crop_pad,
                         flip=self.classifier.flip)
 
-  def real_train_inputs01(self, images_uint8, labels, rng):
+  def real_train_inputs01(self, images_uint8, labels, rng, params=None, batch_stats=None):
     """The training real batch in [0, 1]: crop/flip, then `data.augment` -> (x01, targets).
 
     targets are `labels` unless the augmentation mixes labels (then soft, [B, K]). With
-    augment 'none' this is `real_inputs01` and the step is unchanged bit for bit.
+    augment 'none' this is `real_inputs01` and the step is unchanged bit for bit. SnapMix
+    reads the CAMs of the classifier at (params, batch_stats), the step's current θ.
     """
     x01 = self.real_inputs01(images_uint8, rng)
-    if self.classifier.augment.name == 'none':
+    c = self.classifier
+    if c.augment.name == 'none':
       return x01, labels
+    cams = None if params is None else cam_fn(c.model, params, batch_stats, self.normalize)
     # Its own stream: the crop/flip draws stay those of a run without augmentation.
-    return augment_real(self.classifier.augment, jax.random.fold_in(rng, 1), x01, labels)
+    return augment_real(c.augment, jax.random.fold_in(rng, 1), x01, labels, cams)
 
   def real_inputs(self, images_uint8, rng, train: bool = True):
     return self.normalize(self.real_inputs01(images_uint8, rng if train else None))
@@ -110,6 +123,10 @@ class StepContext:
     """x_p = G(latents, y_p) in [-1, 1]; labels are ignored by unconditional generators."""
     synth = self.synthetic
     labels = labels if synth.generator_classes > 0 else None
+    if synth.w_centres is not None:  # Multi-modal truncation: towards the nearest centre.
+      ws = synth.generator.mapping(gen_vars, latents, labels)
+      ws = truncate_to_nearest_centre(ws, jnp.asarray(synth.w_centres), synth.truncation_psi)
+      return synth.generator.synthesis(gen_vars, ws, 'const')
     return synth.generator.apply(gen_vars, latents, labels, truncation_psi=synth.truncation_psi,
                                  noise_mode='const')
 

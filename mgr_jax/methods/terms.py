@@ -29,10 +29,30 @@ def feature_gap(ctx, params, batch_stats, a, b, stop_grad_a: bool = False):
 
 
 def pcr(ctx, params, batch_stats, latents, draws, gen_vars):
-  """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient."""
-  images, c = ctx.generate(gen_vars, latents, draws['y']), ctx.classifier
-  clean, strong = pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+  """Eq. 5-6: ||g(T(x_p)) − g(x_p)||² — only g, so ω gets exactly zero gradient.
+
+  `synth.consistency` picks the pair (Table 9): 'randaugment' (x_p, T(x_p)), the paper's
+  PCR; 'latent' (G(z), G(z + s)), LatentAugment; 'both' (G(z + s), T(G(z))): each view
+  carries one of the two perturbations, so g must be invariant to both at once, and the
+  pair reduces to PCR at s = 0 and to LatentAugment at T = identity.
+  """
+  consistency, c = ctx.synthetic.consistency, ctx.classifier
+  if consistency == 'latent':
+    return latent_augment(ctx, params, batch_stats, latents, draws, gen_vars)
+  if consistency == 'both':
+    images, shifted = jnp.split(_generate_shifted(ctx, latents, draws, gen_vars), 2)
+    _, strong = pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
+    clean = ctx.to_classifier_input(shifted)
+  else:
+    images = ctx.generate(gen_vars, latents, draws['y'])
+    clean, strong = pcr_views(draws['ra'], images, c.image_size, c.mean, c.std)
   return feature_gap(ctx, params, batch_stats, clean, strong, ctx.synthetic.pcr_stop_grad)
+
+
+def _generate_shifted(ctx, latents, draws, gen_vars):
+  """[G(z); G(z + s)] in one generator pass (s: the step's LatentAugment noise)."""
+  return ctx.generate(gen_vars, jnp.concatenate([latents, latents + draws['latent_noise']]),
+                      jnp.concatenate([draws['y'], draws['y']]))
 
 
 def gda(ctx, params, batch_stats, latents, draws, gen_vars):
@@ -62,9 +82,7 @@ def uda(ctx, params, batch_stats, latents, draws, gen_vars):
 
 def latent_augment(ctx, params, batch_stats, latents, draws, gen_vars):
   """LatentAugment (appendix): ||g(G(z + s)) − g(G(z))||², s ~ N(0, var), no T."""
-  both = ctx.generate(gen_vars, jnp.concatenate([latents, latents + draws['latent_noise']]),
-                      jnp.concatenate([draws['y'], draws['y']]))
-  a, b = jnp.split(ctx.to_classifier_input(both), 2)
+  a, b = jnp.split(ctx.to_classifier_input(_generate_shifted(ctx, latents, draws, gen_vars)), 2)
   return feature_gap(ctx, params, batch_stats, a, b)
 
 

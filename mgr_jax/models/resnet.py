@@ -54,7 +54,8 @@ class Backbone(nn.Module):
     return max(1, int(round(64 * 2**stage * self.width)))
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, pool: bool = True):
+    """Pooled features [N, C]; `pool=False`: the last feature map [N, h, w, C] (CAMs)."""
     c0 = self._channels(0)
     conv = lambda *a, **k: Conv(*a, use_bias=False, dtype=self.dtype, name='conv1', **k)
     if self.small_stem:
@@ -71,6 +72,8 @@ class Backbone(nn.Module):
         stride = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self._channels(stage), stride, self.dtype,
                        name=f'layer{stage + 1}_{block}')(x, train)
+    if not pool:  # The last feature map (CAMs), float32 like the pooled features.
+      return x.astype(jnp.float32)
     # Features (PCR's target) and the head stay float32 whatever the activations' dtype.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
@@ -95,8 +98,12 @@ class ResNet18(nn.Module):
     """g: NHWC normalised images -> pooled features [N, feature_dim]."""
     return self.backbone(x, train)
 
+  def feature_maps(self, x, train: bool = False):
+    """g before its global average pool: [N, h, w, feature_dim]."""
+    return self.backbone(x, train, pool=False)
+
   def head(self, feats):
-    """h: pooled features -> logits."""
+    """h: pooled features -> logits (or any [..., feature_dim]: per location for CAMs)."""
     return self.fc(feats)
 
   def __call__(self, x, train: bool = False):

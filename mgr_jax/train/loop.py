@@ -108,7 +108,7 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     print(f'{steps} steps per epoch: training {num_epochs} epochs for at least '
           f'{config.min_train_steps} steps (min_train_steps).')
   best = {'params': state.params, 'batch_stats': state.batch_stats}
-  meta = run.method.meta
+  meta = run.method.finder  # The state holds φ: keep the best epoch's.
   best_finder = state.finder_params if meta else None
   progress = {'epoch': 0, 'best_epoch': 0, 'best_val_acc': -1.0, 'history': [],
               'train_seconds': 0.0}

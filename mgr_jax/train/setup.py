@@ -15,6 +15,7 @@ from mgr_jax import generators
 from mgr_jax.data import pipeline
 from mgr_jax.data.augment import RealAugment
 from mgr_jax.errors import UserError
+from mgr_jax.generators import multimodal
 from mgr_jax.gan.loop import GENERATOR_SUBDIR, TRAINING_SUBDIR, train_generator
 from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
                              SyntheticContext)
@@ -123,16 +124,8 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
     params = dict(state.params, fc_p=head)
     state = state.replace(params=params, opt_state=tx.init(params))
   meta = None
-  if method.meta:
-    fcfg = config.meta.finder
-    finder = finder_lib.make_finder(fcfg.arch, generator.z_dim, fcfg.hidden or None,
-                                    zero_init_last=fcfg.identity_init)
-    finder_tx = finder_lib.finder_optimizer(fcfg.lr)
-    phi = finder.init(jax.random.fold_in(rng, 2), jnp.zeros((1, generator.z_dim)))['params']
-    state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
-    meta = MetaContext(finder=finder, finder_tx=finder_tx, lam_kl=config.meta.lam_kl,
-                       inner_lr=config.meta.inner_lr, hypergrad=config.meta.hypergrad,
-                       fd_radius=config.meta.fd_radius)
+  if method.finder:
+    state, meta = _meta_parameters(config, method, generator, state, rng)
   data = config.data
   ctx = StepContext(
       classifier=ClassifierContext(
@@ -148,13 +141,50 @@ def build_run(config, num_classes: int, num_train: int, generator=None, pretrain
           latent_noise_var=config.synth.latent_noise_var,
           truncation_psi=config.synth.truncation_psi,
           lam_schedule=lam_schedule(config, steps),
-          pcr_stop_grad=config.synth.pcr_stop_grad),
+          pcr_stop_grad=config.synth.pcr_stop_grad,
+          consistency=config.synth.consistency,
+          w_centres=_w_centres(config, generator)),
       meta=meta, mesh=mesh)
   replicated = NamedSharding(mesh, P())
   state = jax.device_put(state, replicated)
   gen_vars = jax.device_put(generator.variables, replicated) if generator is not None else {}
   return Run(method=method, ctx=ctx, state=state, gen_vars=gen_vars, steps_per_epoch=steps,
              mesh=mesh)
+
+
+def _w_centres(config, generator):
+  """The k-means centres of G's W space for synth.truncation=multimodal (else None); a
+  property of the generator, so drawn with generator.seed, the same for every run."""
+  s = config.synth
+  if s.truncation != 'multimodal' or generator is None:
+    return None
+  centres = multimodal.w_centres(generator, jax.random.PRNGKey(config.generator.seed),
+                                 s.truncation_samples, s.truncation_clusters)
+  return np.asarray(centres)
+
+
+def _meta_parameters(config, method, generator, state, rng):
+  """φ and its optimiser (state.finder_params / finder_opt_state) and the MetaContext: a new
+  finder F_φ, or (meta.target=generator, MPS only) a copy of G's own parameters."""
+  fcfg, target = config.meta.finder, config.meta.target
+  finder_tx = finder_lib.finder_optimizer(fcfg.lr)
+  if target == 'generator' and method.meta:
+    if 'params' not in generator.variables:
+      raise UserError(f'meta.target=generator needs a generator with trainable parameters; '
+                      f'{generator.path} has only {sorted(generator.variables)}.')
+    finder, phi = None, jax.tree.map(jnp.array, generator.variables['params'])
+  else:
+    if target == 'generator':
+      raise UserError(f'meta.target=generator is MPS on G\'s parameters: it needs a '
+                      f'meta-learning method (mgr, gda_mps), not {config.method!r}.')
+    finder = finder_lib.make_finder(fcfg.arch, generator.z_dim, fcfg.hidden or None,
+                                    zero_init_last=fcfg.identity_init)
+    phi = finder.init(jax.random.fold_in(rng, 2), jnp.zeros((1, generator.z_dim)))['params']
+  state = state.replace(finder_params=phi, finder_opt_state=finder_tx.init(phi))
+  meta = MetaContext(finder=finder, finder_tx=finder_tx, lam_kl=config.meta.lam_kl,
+                     inner_lr=config.meta.inner_lr, hypergrad=config.meta.hypergrad,
+                     fd_radius=config.meta.fd_radius, target=target)
+  return state, meta
 
 
 def val_batch(split, size: int, seed: int, epoch: int, step: int, process_index: int = 0,
