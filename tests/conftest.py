@@ -9,6 +9,24 @@ jax.config.update('jax_num_cpu_devices', 8)
 
 import pytest  # noqa: E402
 
+# Tests of minutes of CPU each (multi-process runs, PyTorch parity of a whole step, ablation
+# runs): marked `slow`, run with MGR_JAX_SLOW_TESTS=1; CI's suite must stay under 25 minutes
+# on 2 cores.
+RUN_SLOW = os.environ.get('MGR_JAX_SLOW_TESTS') == '1'
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: minutes of CPU; runs only with MGR_JAX_SLOW_TESTS=1')
+
+
+def pytest_collection_modifyitems(config, items):
+  if RUN_SLOW:
+    return
+  skip = pytest.mark.skip(reason='slow (minutes of CPU): set MGR_JAX_SLOW_TESTS=1 to run it')
+  for item in items:
+    if 'slow' in item.keywords:
+      item.add_marker(skip)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared')
 if REPO not in sys.path:

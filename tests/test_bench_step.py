@@ -7,6 +7,7 @@ from configs.digits import get_config
 from experiments.bench_step import paper_scale, random_batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind,resolution,classes', [('stylegan2', 256, 10),
                                                      ('biggan', 128, 1000)])
 def test_paper_scale_is_resnet18_at_224_with_64_real_and_64_synthetic(kind, resolution,

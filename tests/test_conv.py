@@ -61,6 +61,7 @@ def test_large_maps_and_other_convolutions_stay_lax_conv():
     assert 'conv_general_dilated' in str(jax.make_jaxpr(fn)(small)), kwargs
 
 
+@pytest.mark.slow
 def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
   """Width-0.125 small-stem ResNet-18 at 8 px (stage 2 at 4x4, stages 3-4 at 2x2 and 1x1),
   train mode: logits and parameter gradients as with XLA's convolution everywhere."""

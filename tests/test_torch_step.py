@@ -50,6 +50,7 @@ def one_torch_thread():
   torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_pcr_step_matches_jax(tiny_config, one_torch_thread):
   """Real CE + λ·PCR through G and T, and the SGD update: base's step is a part of it."""
   from flax import traverse_util
