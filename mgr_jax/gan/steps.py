@@ -33,10 +33,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from mgr_jax.gan import ada as ada_lib
 from mgr_jax.generators import stylegan2
+from mgr_jax.sharding import split_over_data
 from mgr_jax.gan.discriminator import Discriminator
 
 
@@ -214,13 +215,6 @@ def one_hot(setup: GanSetup, labels):
   return jax.nn.one_hot(labels, setup.G.c_dim) if setup.G.c_dim else None
 
 
-def split_batch(mesh: Optional[Mesh], x):
-  """`x` split over the mesh's 'data' axis along its first (batch) dimension."""
-  if mesh is None or mesh.size == 1 or x is None:
-    return x
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P('data')))
-
-
 def train_step(state: GanState, data, rng, *, setup: GanSetup, mesh: Optional[Mesh] = None):
   """One StyleGAN2-ADA iteration: G step, D step, the lazy R1 step when
   step % r1_interval == 0 (lax.cond: one compilation), G_ema, ADA. data: {'images': uint8
@@ -231,7 +225,7 @@ def train_step(state: GanState, data, rng, *, setup: GanSetup, mesh: Optional[Me
   k_real, k_gc, k_dc, k_gz, k_dz, k_g, k_fake, k_d, k_r1 = jax.random.split(key, 9)
   n = data['labels'].shape[0]
   b = setup.batch_size
-  split = functools.partial(split_batch, mesh)
+  split = functools.partial(split_over_data, mesh)
   idx = split(jax.random.choice(k_real, n, (b,), replace=n < b))
   reals = split(data['images'][idx].astype(jnp.float32) / 127.5 - 1.0)
   real_c = split(one_hot(setup, data['labels'][idx]))

@@ -5,8 +5,9 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from mgr_jax import sharding
 from mgr_jax.data.augment import RealAugment, augment_real
 from mgr_jax.data.pipeline import weak_augment
 from mgr_jax.data.transforms import normalize
@@ -81,17 +82,8 @@ class StepContext:
   mesh: Optional[Mesh] = None
 
   def split_over_data(self, x, batch_axis: int = 0):
-    """`x` laid out split over the mesh's data axis along `batch_axis`.
-
-    For what the step draws itself (z, y_p, T's draws): left alone, XLA replicates them and
-    every device would run G, T and the synthetic passes on the whole synthetic batch. The
-    values do not change (threefry is partitionable), only where they are computed.
-    """
-    if self.mesh is None or self.mesh.size == 1:
-      return x
-    spec = [None] * x.ndim
-    spec[batch_axis] = 'data'
-    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(*spec)))
+    """`x` split over this step's mesh (`mgr_jax.sharding.split_over_data`)."""
+    return sharding.split_over_data(self.mesh, x, batch_axis)
 
   def real_inputs01(self, images_uint8, rng):
     """Weakly augmented real images in [0, 1] (rng=None: no augmentation)."""
