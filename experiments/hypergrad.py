@@ -120,6 +120,13 @@ def read_rows(path: str):
   return [rows[s] for s in sorted(rows)]
 
 
+def informative(rows, dtypes):
+  """The rows where the exact hypergradient is not 0 in every dtype. With synth.lam_warmup the
+  synthetic term has weight 0 at step 0, both hypergradients are exactly 0 there, and cosine
+  and error say nothing."""
+  return [r for r in rows if all(r[d]['exact_norm'] > 0 for d in dtypes)]
+
+
 def summarize_agreement(rows, radii, dtypes) -> dict:
   """Per dtype and radius: median, min and max over the measurements of cosine and error."""
   out = {}
@@ -206,14 +213,16 @@ def hypergrad_study(config, workdir, seeds, every, radii, dtypes=DTYPES, bench_s
                              num_train=len(splits.train))
     table[mode].update(median_step_seconds=seconds, peak_bytes=peak)
 
-  rows = read_rows(probe.path)
+  all_rows = read_rows(probe.path)
+  rows = informative(all_rows, dtypes)
   if not rows:
-    raise UserError(f'No agreement measurements in {probe.path}: the run has fewer than '
-                    f'--every={every} steps, or its measurements were deleted.')
+    raise UserError(f'No agreement measurements with a non-zero exact hypergradient in '
+                    f'{probe.path} ({len(all_rows)} rows): the run has fewer than --every={every} '
+                    'steps after the λ warm-up, or its measurements were deleted.')
   default_r = config.meta.fd_radius
   out = {'device': device_name(), 'seeds': list(seeds), 'modes': table,
          'agreement': {'every': every, 'default_radius': default_r, 'run': probe_dir,
-                       'summary': summarize_agreement(rows, radii, dtypes), 'rows': rows},
+                       'summary': summarize_agreement(rows, radii, dtypes), 'rows': all_rows},
          'config': config.to_dict()}
   atomic_write_json(os.path.join(workdir, 'hypergrad.json'), out)
   plot_agreement(rows, list(radii), dtypes, default_r,

@@ -10,7 +10,7 @@ jax.config.update('jax_num_cpu_devices', 8)
 import pytest  # noqa: E402
 
 # Tests of minutes of CPU each (multi-process runs, PyTorch parity of a whole step, ablation
-# runs): marked `slow`, run with MGR_JAX_SLOW_TESTS=1; CI's suite must stay under 25 minutes
+# runs): marked `slow`, run with MGR_JAX_SLOW_TESTS=1; CI (2 xdist workers) must stay under 25 minutes
 # on 2 cores.
 RUN_SLOW = os.environ.get('MGR_JAX_SLOW_TESTS') == '1'
 

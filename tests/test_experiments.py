@@ -242,3 +242,16 @@ def test_agreement_rows_keep_the_last_measurement_of_a_step(tmp_path):
                                   {'step': 2, 'v': 'c'}]
   shutil.rmtree(tmp_path)
   assert read_rows(str(path)) == []
+
+
+def test_agreement_leaves_out_rows_where_the_exact_hypergradient_is_zero():
+  """λ warm-up: at step 0 both hypergradients are 0; such rows must not enter medians."""
+  from experiments.hypergrad import informative, summarize_agreement
+  row = lambda step, norm, cos: {'step': step, **{d: {'exact_norm': norm, 'cosine': [cos],
+                                                      'rel_error': [1 - cos]}
+                                                  for d in ('float32', 'float64')}}
+  rows = [row(0, 0.0, 0.0), row(5, 2.0, 0.9), row(10, 1.0, 0.5)]
+  kept = informative(rows, ('float32', 'float64'))
+  assert [r['step'] for r in kept] == [5, 10]
+  summary = summarize_agreement(kept, [0.01], ('float32',))
+  assert summary['measurements'] == 2 and summary['float32']['cosine']['median'] == [0.7]

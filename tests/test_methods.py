@@ -185,7 +185,6 @@ def test_sharded_step_equals_single_device_and_splits_the_work(splits, tiny_conf
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_meta_target_generator_learns_g_and_no_finder(splits, tiny_config):
   """meta.target=generator: φ is a copy of G's parameters and MPS moves it; there is no
   finder, and the frozen generator variables the step receives stay as they were."""
@@ -213,7 +212,6 @@ def test_meta_target_generator_needs_a_meta_method(splits, tiny_config):
               devices=jax.devices()[:1])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('method,objective', [('finder_max_ce', 'gda'),
                                               ('finder_max_pcr', 'pcr')])
 def test_finder_ascent_moves_up_the_loss_it_maximises(splits, tiny_config, method, objective):

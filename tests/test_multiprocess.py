@@ -19,9 +19,6 @@ from PIL import Image
 from conftest import REPO
 from test_cli import _tiny_stylegan2_dir
 
-# Five process starts, each compiling an mgr step: minutes of CPU.
-pytestmark = pytest.mark.slow
-
 EPOCHS = 3
 
 

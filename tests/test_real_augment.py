@@ -206,7 +206,6 @@ def test_class_activation_map_averages_to_the_logit():
   np.testing.assert_allclose(cams.mean((1, 2)), logits[jnp.arange(4), labels], atol=1e-5)
 
 
-@pytest.mark.slow
 def test_snapmix_base_step_trains_on_cam_weighted_targets(tiny_config):
   run, batch = _base_run(tiny_config, 'snapmix')
   state, metrics = run.jit_step()(run.state, batch, jax.random.PRNGKey(0), run.gen_vars)

@@ -58,7 +58,6 @@ def _run(tiny_config, method='pcr', **synth):
   return run, gen, batch
 
 
-@pytest.mark.slow
 def test_multimodal_truncation_at_psi_0_gives_the_centres_images(tiny_config):
   """ψ = 0 maps every w to its nearest centre: at most k distinct samples; and the pcr
   step trains with the truncated samples."""
@@ -75,7 +74,6 @@ def test_multimodal_truncation_at_psi_0_gives_the_centres_images(tiny_config):
   assert np.isfinite(float(metrics['synthetic'])) and float(metrics['synthetic']) > 0
 
 
-@pytest.mark.slow
 def test_consistency_pairs(tiny_config):
   """synth.consistency: 'latent' is LatentAugment's term, 'both' compares G(z + s) with
   T(G(z)), 'randaugment' is PCR's (G(z), T(G(z)))."""
