@@ -197,6 +197,12 @@ def data_mesh(batch_size: int, devices=None) -> Mesh:
   return Mesh(np.array(devices), ('data',))
 
 
+def jit_train_step(setup, mesh: Mesh):
+  """The loop's compiled iteration: `steps.train_step` jitted with the setup and the data mesh
+  static and the state donated (`experiments/bench_gan.py` times this same function)."""
+  return jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh), donate_argnums=0)
+
+
 def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
   shown = {k: float(v) / count for k, v in jax.device_get(sums).items()}
   row = {'step': step, 'g_loss': shown['g_loss'], 'd_loss': shown['d_loss'],
@@ -257,8 +263,7 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   write_jsonl(metrics_path, progress['history'])  # Drops rows logged after the checkpoint.
 
   data = jax.device_put({'images': images, 'labels': labels}, replicated)
-  train_step = jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh),
-                       donate_argnums=0)
+  train_step = jit_train_step(setup, mesh)
   step_rng = jax.random.fold_in(jax.random.PRNGKey(gcfg.seed), 1)
   grid_z, grid_labels, rows, cols = grid_inputs(setup.G, gcfg.seed)
   sample_fn = jax.jit(lambda v: stylegan2.generate(setup.G, v, grid_z, grid_labels))
