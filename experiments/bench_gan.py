@@ -274,11 +274,10 @@ def run(config, steps: int = 10, warmup: int = 2, r1_steps: int = 3, official: s
         as_json: bool = False) -> dict:
   gcfg = config.generator
   loop.validate(gcfg)
+  mods = import_official(official) if official else None  # First: a bad path fails fast.
   images, labels = random_data(gcfg, num_classes, num_images, channels)
   runners = [Ours(gcfg, images, labels, num_classes)]
-  mods = None
-  if official:
-    mods = import_official(official)
+  if mods:
     threads = tuple(torch_threads) or tuple(sorted({mods.torch.get_num_threads(), 1},
                                                    reverse=True))
     runners += [Official(mods, gcfg, images, labels, num_classes, t, gcfg.seed)
