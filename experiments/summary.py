@@ -76,7 +76,9 @@ def markdown(cells: List[dict], methods: List[str], fractions: List[str], title:
       column = [c['mean'] for c in cells if c['fraction'] == fraction]
       ref = _cell(cells, base, fraction)
       text = f'{cell["mean"]:.2f}'
-      if cell['mean'] == max(column):
+      # Accuracies are float32 fractions × 100: equal image counts can differ in the 7th
+      # digit, and a tie is a tie (both bold).
+      if cell['mean'] >= max(column) - 1e-4:
         text = f'**{text}**'
       if method != base and ref is not None and cell['mean'] > ref['mean']:
         text = f'<u>{text}</u>'

@@ -255,3 +255,17 @@ def test_agreement_leaves_out_rows_where_the_exact_hypergradient_is_zero():
   assert [r['step'] for r in kept] == [5, 10]
   summary = summarize_agreement(kept, [0.01], ('float32',))
   assert summary['measurements'] == 2 and summary['float32']['cosine']['median'] == [0.7]
+
+
+def test_summary_markdown_bolds_every_best_mean_and_underlines_above_base():
+  """Equal image counts can differ in the 7th digit (float32 accuracies): both are the best."""
+  from experiments.summary import markdown
+  cell = lambda m, mean: {'method': m, 'fraction': '0.25', 'mean': mean, 'std': 0.5,
+                          'seeds': [0, 1], 'vs_base': None}
+  cells = [cell('base', 95.0), cell('pcr', 98.60724210739136), cell('mgr', 98.60724329948425),
+           cell('gda', 94.0)]
+  text = markdown(cells, ['base', 'gda', 'pcr', 'mgr'], ['0.25'], 'title')
+  first_table = text.split('\n\n')[2]  # Title, legend, the accuracy table, the differences.
+  rows = {line.split(' | ')[0][2:]: line for line in first_table.splitlines()}
+  assert '<u>**98.61**</u>' in rows['pcr'] and '<u>**98.61**</u>' in rows['mgr']
+  assert '**' not in rows['base'] and '<u>' not in rows['gda'] and '<u>' not in rows['base']
