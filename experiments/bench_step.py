@@ -22,6 +22,7 @@ cost as a trained one). The data are random images of the config's shape.
 """
 import json
 import statistics
+import sys
 import time
 
 import jax
@@ -129,7 +130,9 @@ def bench(config, method, mode, generator, batch, num_classes=10, steps=20, warm
     if i >= warmup:
       times.append(time.perf_counter() - start)
   # One compilation for the AOT lowering plus one for the calls; nothing after step one.
-  return statistics.median(times), peak_bytes(compiled), step._cache_size()
+  # (_cache_size is private: -1 where a JAX version lacks it.)
+  cache_size = getattr(step, '_cache_size', lambda: -1)()
+  return statistics.median(times), peak_bytes(compiled), cache_size
 
 
 def main(argv):
@@ -147,13 +150,19 @@ def main(argv):
   else:
     generator = random_stylegan2(config.generator, num_classes)
   batch = random_batch(config, num_classes)
+  chosen = [v for v in VARIANTS if v[0] in FLAGS.variants]
+  if not chosen:
+    raise app.UsageError(f'--variants: none of {FLAGS.variants} is one of '
+                         f'{[v[0] for v in VARIANTS]}.')
   seconds, peak, compiles = {}, {}, {}
-  for name, method, mode in VARIANTS:
+  for name, method, mode in chosen:
     seconds[name], peak[name], compiles[name] = bench(config, method, mode, generator, batch,
                                                       num_classes, FLAGS.steps, FLAGS.warmup)
-  ratios = {'mgr_fd/pcr': seconds['mgr_fd'] / seconds['pcr'],
-            'mgr_exact/mgr_fd': seconds['mgr_exact'] / seconds['mgr_fd'],
-            'pcr/base': seconds['pcr'] / seconds['base']}
+    print(f'{name}: {seconds[name]:.4f} s, {peak[name] / 2**20:.1f} MiB', file=sys.stderr,
+          flush=True)  # Progress: paper-scale compiles take minutes.
+  ratios = {f'{a}/{b}': seconds[a] / seconds[b]
+            for a, b in (('mgr_fd', 'pcr'), ('mgr_exact', 'mgr_fd'), ('pcr', 'base'))
+            if a in seconds and b in seconds}
   device = device_name()
   if FLAGS.json:
     print(json.dumps({'step_seconds': seconds, 'ratios': ratios, 'peak_bytes': peak,
@@ -164,7 +173,7 @@ def main(argv):
         f'{config.dtype} activations; generator {generator.kind} {generator.resolution} px, '
         f'z_dim {generator.z_dim}')
   print(f'{"method":<10} {"median step (s)":>16} {"peak memory (MiB)":>18} {"compilations":>13}')
-  for name, *_ in VARIANTS:
+  for name in seconds:
     print(f'{name:<10} {seconds[name]:>16.4f} {peak[name] / 2**20:>18.1f} {compiles[name]:>13}')
   for key, value in ratios.items():
     print(f'{key:<18} {value:.2f}')
@@ -186,6 +195,8 @@ if __name__ == '__main__':
                     'config: the --config shapes; paper: ResNet-18 at 224 px, 64 + 64 per step.')
   flags.DEFINE_enum('generator', 'stylegan2', ['stylegan2', 'biggan'],
                     'G of --scale=paper: StyleGAN2-ADA 256 px or BigGAN-deep 128 px.')
+  flags.DEFINE_list('variants', [v[0] for v in VARIANTS], 'Steps to time (of '
+                    f'{",".join(v[0] for v in VARIANTS)}).')
   flags.DEFINE_bool('torch', False, 'Also run each step in PyTorch eager, interleaved, with a '
                     'BigGAN in both (experiments/bench_torch.py; --config shapes).')
   app.run(main)

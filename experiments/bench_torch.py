@@ -16,6 +16,7 @@ JAX's compile time (trace + XLA) is printed too. torch needs requirements-test.t
 """
 import json
 import statistics
+import sys
 import time
 
 import jax
@@ -110,6 +111,8 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
                  'ratio': med['jax'] / best[0],
                  'trace_s': traced - start, 'compile_s': compiled - traced,
                  'max_rel_loss_diff': max(agreement.values()), 'loss_diffs': agreement}
+    print(f'{name}: JAX {med["jax"]:.4f} s, torch {best[0]:.4f} s, ratio '
+          f'{out[name]["ratio"]:.2f}', file=sys.stderr, flush=True)  # Progress on long runs.
   return out, gan_config
 
 
