@@ -23,7 +23,8 @@ lazy-regularisation ratio, nan_to_num of the gradients, the G_ema update (our ha
 ramp-up) and the ADA heuristic every ada_interval iterations. Their DataLoader is left out:
 a batch is indexed from the same random images in memory.
 
-Timing: `--warmup` untimed iterations (the first compiles ours), then `--steps` timed ones,
+Timing: `--warmup` (>= 2) untimed iterations (the first two compile ours: the program with
+the R1 step, then the one without), then `--steps` timed ones,
 ours and theirs (at each torch thread count of --torch_threads, each count its own copy of the
 networks, built from the same seed) alternating iteration by iteration in a rotating order, so
 that load from other processes hits all alike; medians. Every runner counts iterations from
@@ -82,15 +83,19 @@ class Ours:
     self.rng = jax.random.fold_in(jax.random.PRNGKey(gcfg.seed), 1)
     self.step_fn = loop.jit_train_step(self.setup, mesh)
     self.metrics = None
+    self.index = 0  # state.step, counted on the host as the loop does.
 
   def iterate(self, index=None):
     """One iteration, blocking; `index` sets the iteration counter first (an R1 iteration
     when it is a multiple of r1_interval)."""
     if index is not None:  # Same sharding as the step's own output: no new compilation.
+      self.index = index
       self.state = self.state.replace(
           step=jax.device_put(np.int32(index), self.state.step.sharding))
-    self.state, self.metrics = self.step_fn(self.state, self.data, self.rng)
+    self.state, self.metrics = self.step_fn(self.state, self.data, self.rng,
+                                            r1=steps.is_r1_step(self.setup, self.index))
     jax.block_until_ready((self.state, self.metrics))
+    self.index += 1
 
 
 def import_official(path: str):
@@ -239,8 +244,9 @@ def measure(runners, steps: int, warmup: int, r1_steps: int, r1_interval: int):
   """{runner name: {'iter_s': [...], 'r1_s': [...], 'first_s': s}}: `warmup` untimed and
   `steps` timed iterations of each runner, then `r1_steps` R1 iterations (index set to the next
   multiples of r1_interval), runners alternating in a rotating order."""
-  if warmup < 1:
-    raise UserError('--warmup must be >= 1 (the first iteration compiles ours).')
+  if warmup < 2:
+    raise UserError('--warmup must be >= 2 (the first two iterations compile ours: the one '
+                    'with R1, then the one without).')
   out = {r.name: {'iter_s': [], 'r1_s': [], 'first_s': None} for r in runners}
   first_r1 = math.ceil((warmup + steps) / r1_interval)
   schedule = [(i, None) for i in range(warmup + steps)]
@@ -337,8 +343,9 @@ def print_table(out) -> None:
     if key in ratios:
       row += f'{ratios[key]:>14.2f}'
     print(row)
-  print(f'ours: first iteration (trace + compile + run) {res["ours"]["first_s"]:.1f} s, '
-        f'{res["ours"]["compilations"]} compilation(s) of the step')
+  print(f'ours: first iteration (trace + compile of the R1 program + run) '
+        f'{res["ours"]["first_s"]:.1f} s, {res["ours"]["compilations"]} compilations of the step '
+        '(with and without R1)')
   if not threads:
     print(GET_OFFICIAL)
     return

@@ -40,7 +40,8 @@ def _batch(config, num_classes):
 
 
 def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
-            threads=(2, 1), gan_resolution: int = 0, device: str = 'cpu'):
+            threads=(2, 1), gan_resolution: int = 0, device: str = 'cpu',
+            variants=tuple(v[0] for v in VARIANTS)):
   """{variant: {...}}: JAX and torch median seconds, compile seconds, loss agreement.
 
   torch is timed at each of `threads` (torch.set_num_threads); the ratio is against the
@@ -61,7 +62,7 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
   sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
   full = _batch(config, num_classes)
   out = {}
-  for name, method, mode in VARIANTS:
+  for name, method, mode in (v for v in VARIANTS if v[0] in variants):
     c = config.copy_and_resolve_references()
     c.method, c.meta.hypergrad = method, mode
     c.synth.lam_warmup = 0.0  # Full λ from the first step (the warm-up would make it ~0).
@@ -117,11 +118,16 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
 
 
 def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json: bool = False,
-        gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu'):
+        gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu',
+        variants=tuple(v[0] for v in VARIANTS)):
   import torch
+  unknown = set(variants) - {v[0] for v in VARIANTS}
+  if unknown:
+    raise ValueError(f'Unknown variants {sorted(unknown)}; choose from '
+                     f'{[v[0] for v in VARIANTS]}.')
   threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
   results, gan = compare(config, num_classes, steps, warmup, gan_width, threads,
-                         gan_resolution, device)
+                         gan_resolution, device, variants)
   jax_device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
   if as_json:
     print(json.dumps({'results': results, 'device': jax_device, 'torch_device': device,
@@ -151,7 +157,7 @@ def main(argv):
   del argv
   f = flags.FLAGS
   run(f.config, f.steps, f.warmup, f.num_classes, f.json, f.biggan_channel_width,
-      [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device)
+      [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device, f.variants)
 
 
 if __name__ == '__main__':
@@ -166,5 +172,6 @@ if __name__ == '__main__':
   flags.DEFINE_list('torch_threads', [], 'torch thread counts to time (default: torch\'s '
                     'default and 1).')
   flags.DEFINE_integer('gan_resolution', 0, 'BigGAN output size (0: data.image_size).')
+  flags.DEFINE_list('variants', [v[0] for v in VARIANTS], 'Steps to compare.')
   flags.DEFINE_string('torch_device', 'cpu', "torch's device: cpu, or cuda on a GPU machine.")
   app.run(main)

@@ -26,21 +26,22 @@ def test_timed_iterations_are_the_loops_step_and_change_g_d_and_g_ema(monkeypatc
   assert built == [ours.step_fn] and ours.setup.batch_size == 8  # The loop's jitted step.
   start = jax.device_get(ours.state)  # The step donates the state: a host copy.
 
-  times = bench_gan.measure([ours], steps=1, warmup=1, r1_steps=1, r1_interval=2)['ours']
+  times = bench_gan.measure([ours], steps=1, warmup=2, r1_steps=1, r1_interval=2)['ours']
   assert times['first_s'] > 0 and len(times['iter_s']) == len(times['r1_s']) == 1
   assert all(np.isfinite(t) and t > 0 for t in times['iter_s'] + times['r1_s'])
   assert bench_gan.summarise(times, 2)['amortised_s'] > 0
-  # Iterations 0 and 1, then one at index 2 (the next multiple of r1_interval): an R1 one.
-  assert int(ours.state.step) == 3 and float(ours.metrics['r1_done']) == 1.0
-  assert ours.step_fn._cache_size() == 1  # Setting the index compiled nothing new.
+  # Iterations 0, 1, 2, then one at index 4 (the next multiple of r1_interval): an R1 one.
+  assert int(ours.state.step) == 5 and float(ours.metrics['r1_done']) == 1.0
+  # Two programs (with and without R1); setting the index compiled nothing new.
+  assert ours.step_fn._cache_size() == 2
 
-  # The same three calls of the loop's step from the same state, outside the benchmark.
+  # The same four calls of the loop's step from the same state, outside the benchmark.
   replicated = NamedSharding(ours.mesh, P())
   state = start
-  for index in (0, 1, 2):
+  for index in (0, 1, 2, 4):
     state = jax.device_put(state.replace(step=np.int32(index)), replicated)
-    state, metrics = ours.step_fn(state, ours.data, ours.rng)
-  assert ours.step_fn._cache_size() == 1 and float(metrics['r1_done']) == 1.0
+    state, metrics = ours.step_fn(state, ours.data, ours.rng, r1=index % 2 == 0)
+  assert ours.step_fn._cache_size() == 2 and float(metrics['r1_done']) == 1.0
   for name in ('g_params', 'd_params', 'ema_params'):
     got, want, first = (jax.tree.leaves(getattr(s, name)) for s in (ours.state, state, start))
     for g, w in zip(got, want):

@@ -199,8 +199,10 @@ def data_mesh(batch_size: int, devices=None) -> Mesh:
 
 def jit_train_step(setup, mesh: Mesh):
   """The loop's compiled iteration: `steps.train_step` jitted with the setup and the data mesh
-  static and the state donated (`experiments/bench_gan.py` times this same function)."""
-  return jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh), donate_argnums=0)
+  static and the state donated; call it with `r1=steps.is_r1_step(setup, step)` (two
+  programs; `experiments/bench_gan.py` times this same function)."""
+  return jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh), donate_argnums=0,
+                 static_argnames=('r1',))
 
 
 def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
@@ -278,7 +280,7 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   bar = tqdm(range(start_step, gcfg.num_steps), initial=start_step, total=gcfg.num_steps,
              desc='GAN', disable=not config.progress_bar, dynamic_ncols=True, leave=False)
   for s in bar:
-    state, metrics = train_step(state, data, step_rng)
+    state, metrics = train_step(state, data, step_rng, r1=steps.is_r1_step(setup, s))
     if 'r1_penalty' in metrics:
       r1_sum = r1_sum + metrics.pop('r1_penalty')
       r1_count = r1_count + metrics.pop('r1_done')
