@@ -48,7 +48,6 @@ import warnings
 import jax
 import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mgr_jax.errors import UserError
 from mgr_jax.gan import ada, loop, steps
@@ -76,11 +75,9 @@ class Ours:
     self.name = 'ours'
     self.setup = loop.make_setup(gcfg, num_classes, images.shape[-1])
     mesh = self.mesh = loop.data_mesh(gcfg.batch_size, devices)  # devices: all by default.
-    replicated = NamedSharding(mesh, P())
-    self.state = jax.device_put(steps.create_state(self.setup, gcfg.seed, gcfg.ada_p_init),
-                                replicated)
-    self.data = jax.device_put({'images': images, 'labels': labels}, replicated)
-    self.rng = jax.random.fold_in(jax.random.PRNGKey(gcfg.seed), 1)
+    self.state, self.data = loop.place(
+        steps.create_state(self.setup, gcfg.seed, gcfg.ada_p_init), images, labels, mesh)
+    self.rng = loop.step_rng(gcfg.seed)
     self.step_fn = loop.jit_train_step(self.setup, mesh)
     self.metrics = None
     self.index = 0  # state.step, counted on the host as the loop does.

@@ -197,6 +197,21 @@ def data_mesh(batch_size: int, devices=None) -> Mesh:
   return Mesh(np.array(devices), ('data',))
 
 
+def place(state, images, labels, mesh: Mesh):
+  """(state, data) replicated on every device of `mesh`, as the loop steps on them: each
+  step's batch is drawn from the whole of D on device and split over the mesh. Committing
+  the state (restored arrays are committed, fresh ones not) makes a fresh and a resumed run
+  compile the same program (one persistent-cache entry)."""
+  replicated = NamedSharding(mesh, P())
+  return (jax.device_put(state, replicated),
+          jax.device_put({'images': images, 'labels': labels}, replicated))
+
+
+def step_rng(seed: int):
+  """The key that `steps.train_step` folds each iteration's index into."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+
 def jit_train_step(setup, mesh: Mesh):
   """The loop's compiled iteration: `steps.train_step` jitted with the setup and the data mesh
   static and the state donated; call it with `r1=steps.is_r1_step(setup, step)` (two
@@ -256,17 +271,11 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
     print(f'Resuming from step {progress["step"]} of {gcfg.num_steps}.')
   else:
     state = steps.create_state(setup, gcfg.seed, gcfg.ada_p_init)
-  # Every device holds the state and D; each step's batch is split over them. Committing
-  # the state (restored arrays are committed, fresh ones not) makes a fresh and a resumed run
-  # compile the same program (one persistent-cache entry).
   mesh = data_mesh(gcfg.batch_size)
-  replicated = NamedSharding(mesh, P())
-  state = jax.device_put(state, replicated)
+  state, data = place(state, images, labels, mesh)
   write_jsonl(metrics_path, progress['history'])  # Drops rows logged after the checkpoint.
-
-  data = jax.device_put({'images': images, 'labels': labels}, replicated)
   train_step = jit_train_step(setup, mesh)
-  step_rng = jax.random.fold_in(jax.random.PRNGKey(gcfg.seed), 1)
+  rng = step_rng(gcfg.seed)
   grid_z, grid_labels, rows, cols = grid_inputs(setup.G, gcfg.seed)
   sample_fn = jax.jit(lambda v: stylegan2.generate(setup.G, v, grid_z, grid_labels))
 
@@ -280,7 +289,7 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   bar = tqdm(range(start_step, gcfg.num_steps), initial=start_step, total=gcfg.num_steps,
              desc='GAN', disable=not config.progress_bar, dynamic_ncols=True, leave=False)
   for s in bar:
-    state, metrics = train_step(state, data, step_rng, r1=steps.is_r1_step(setup, s))
+    state, metrics = train_step(state, data, rng, r1=steps.is_r1_step(setup, s))
     if 'r1_penalty' in metrics:
       r1_sum = r1_sum + metrics.pop('r1_penalty')
       r1_count = r1_count + metrics.pop('r1_done')
