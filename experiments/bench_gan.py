@@ -367,7 +367,8 @@ if __name__ == '__main__':
   from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
   flags.DEFINE_integer('steps', 10, 'Timed iterations per runner (median).')
-  flags.DEFINE_integer('warmup', 2, 'Untimed iterations first (>= 1: the first compiles).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed iterations first (>= 2: the first two compile '
+                       'ours, with and without R1).')
   flags.DEFINE_integer('r1_steps', 3, 'R1 iterations timed after the window (0: none).')
   flags.DEFINE_string('official', '', 'A checkout of NVlabs/stylegan2-ada-pytorch to time '
                       'next to ours (empty: ours only).')

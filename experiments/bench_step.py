@@ -39,6 +39,15 @@ VARIANTS = (('base', 'base', 'fd'), ('pcr', 'pcr', 'fd'), ('mgr_fd', 'mgr', 'fd'
             ('mgr_exact', 'mgr', 'exact'))
 
 
+def select_variants(names):
+  """The VARIANTS entries named in `names`, in VARIANTS' order (--variants)."""
+  known = [v[0] for v in VARIANTS]
+  unknown = sorted(set(names) - set(known))
+  if unknown or not names:
+    raise app.UsageError(f'--variants={",".join(names)}: choose one or more of {known}.')
+  return [v for v in VARIANTS if v[0] in names]
+
+
 def random_stylegan2(gen_config, num_classes: int, seed: int = 0):
   """A LoadedGenerator-like StyleGAN2-ADA with random weights of the configured shape."""
   kwargs = {'z_dim': gen_config.z_dim, 'c_dim': num_classes, 'w_dim': gen_config.w_dim,
@@ -141,7 +150,8 @@ def main(argv):
   num_classes = FLAGS.num_classes
   if FLAGS.torch:
     from experiments import bench_torch  # torch is imported only here.
-    bench_torch.run(config, FLAGS.steps, FLAGS.warmup, num_classes, FLAGS.json)
+    bench_torch.run(config, FLAGS.steps, FLAGS.warmup, num_classes, FLAGS.json,
+                    variants=FLAGS.variants)
     return
   if FLAGS.scale == 'paper':
     config, generator, num_classes = paper_scale(config, FLAGS.generator)
@@ -150,12 +160,8 @@ def main(argv):
   else:
     generator = random_stylegan2(config.generator, num_classes)
   batch = random_batch(config, num_classes)
-  chosen = [v for v in VARIANTS if v[0] in FLAGS.variants]
-  if not chosen:
-    raise app.UsageError(f'--variants: none of {FLAGS.variants} is one of '
-                         f'{[v[0] for v in VARIANTS]}.')
   seconds, peak, compiles = {}, {}, {}
-  for name, method, mode in chosen:
+  for name, method, mode in select_variants(FLAGS.variants):
     seconds[name], peak[name], compiles[name] = bench(config, method, mode, generator, batch,
                                                       num_classes, FLAGS.steps, FLAGS.warmup)
     print(f'{name}: {seconds[name]:.4f} s, {peak[name] / 2**20:.1f} MiB', file=sys.stderr,

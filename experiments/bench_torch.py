@@ -23,10 +23,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.bench_step import VARIANTS, select_variants
 from mgr_jax.train.setup import build_run
 
-VARIANTS = (('base', 'base', 'fd'), ('pcr', 'pcr', 'fd'), ('mgr_fd', 'mgr', 'fd'),
-            ('mgr_exact', 'mgr', 'exact'))  # As experiments/bench_step.py.
 CHECKED = ('loss', 'synthetic', 'val_loss_inner', 'kl')
 
 
@@ -52,6 +51,7 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
   """
   import torch
   from experiments import torch_step
+  chosen = select_variants(variants)  # First: a bad name fails before anything is built.
   size = config.data.image_size
   gan_config = torch_step.bench_biggan_config(gan_resolution or size, num_classes,
                                               config.generator.z_dim, gan_width)
@@ -62,7 +62,7 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
   sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
   full = _batch(config, num_classes)
   out = {}
-  for name, method, mode in (v for v in VARIANTS if v[0] in variants):
+  for name, method, mode in chosen:
     c = config.copy_and_resolve_references()
     c.method, c.meta.hypergrad = method, mode
     c.synth.lam_warmup = 0.0  # Full λ from the first step (the warm-up would make it ~0).
@@ -121,10 +121,6 @@ def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json
         gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu',
         variants=tuple(v[0] for v in VARIANTS)):
   import torch
-  unknown = set(variants) - {v[0] for v in VARIANTS}
-  if unknown:
-    raise ValueError(f'Unknown variants {sorted(unknown)}; choose from '
-                     f'{[v[0] for v in VARIANTS]}.')
   threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
   results, gan = compare(config, num_classes, steps, warmup, gan_width, threads,
                          gan_resolution, device, variants)
