@@ -19,14 +19,13 @@ Materialised operands (CPU only, bit-for-bit the same values). XLA's CPU fusion 
 cheap elementwise chain into every consumer: the BatchNorm + ReLU (+ residual) producing a
 convolution's input was recomputed inside each of the nine im2col slices and inside the layout
 transpose XLA inserts for the kernel gradient of the larger maps, and the BatchNorm backward
-producing the output gradient inside the other transpose. A transpose that also computes runs
-several times slower than a plain one (0.5-0.7 vs 0.1 ms for [64, 16, 16, 16] here), and those
-transposes were 8-11 ms of a 50-60 ms digits `base` step. `unfused` ends the input's chain in
-a division, which XLA does not copy into several consumers, so the chain runs once into a
+producing the output gradient inside the other transpose. Those transposes took 8-11 ms
+(summed op time) of a 55-70 ms digits `base` step. `unfused` ends the input's chain in a
+division, which XLA does not copy into several consumers, so the chain runs once into a
 buffer; `unfused_cotangent` does the same for the output's gradient only. The divisor is
 x·0 + 1 (exactly 1 for finite x; XLA cannot fold it, and a scalar divisor would become a
-multiplication). Measured (one process, interleaved, steps bit-identical): base −8 %,
-pcr −7 %, mgr fd −3 %, mgr exact −10 % (README, Performance).
+multiplication). Measured (README, Performance): the transposes' summed time about halves;
+wall time per step 2-5 % lower (two cores overlap part of that work); steps bit-identical.
 """
 import jax
 import jax.numpy as jnp
