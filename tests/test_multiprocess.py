@@ -1,7 +1,8 @@
 """Two processes x two CPU devices on localhost (`--config.distributed=True`) train `mgr`
-from a folder source as one process with four devices does (1e-5 after the first epoch; see
-`_compare` for later); process 0 alone writes the JSON files; a run killed after its first
-checkpoint resumes from it (Orbax saves and restores with both processes)."""
+(exact hypergradient) from a folder source as one process with four devices does (1e-5 after
+the first epoch; see `_compare` for later); process 0 alone writes the JSON files; a run
+killed after its first checkpoint resumes from it (Orbax saves and restores with both
+processes)."""
 import json
 import os
 import signal
@@ -45,7 +46,10 @@ def _command(workdir, data, gen_dir):
                'data.source': f'folder:{data}', 'data.image_size': 16, 'model.width': 0.125,
                'batch_size': 8, 'eval_batch_size': 8, 'synth.batch_size': 8,
                'meta.val_batch_size': 8, 'generator.checkpoint': gen_dir,
-               'progress_bar': False}
+               'progress_bar': False,
+               # exact: no 1/(2ε) amplifying the other all-reduce order, as fd would (fd's
+               # sharded step is compared with one device in test_methods).
+               'meta.hypergrad': 'exact'}
   return [sys.executable, '-m', 'mgr_jax.main', '--config=configs/digits.py',
           f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
 
@@ -137,17 +141,18 @@ def _train_resume_and_compare(tmp_path, started):
 
 
 def _compare(single_dir, multi_dir, single_rows, multi_rows):
-  """The two-process run against the one-process run. The first epoch (2 steps) agrees to
-  1e-5. Later the fd hypergradient (a float32 difference divided by 2ε) amplifies the other
-  all-reduce order: after 6 steps (2-core CPU, measured) parameters differ by <= 6e-5 and
-  SGD/Adam buffers by up to 0.04, so later epochs and the state are compared at 1e-3 and
-  the optimiser buffers not at all."""
+  """The two-process run against the one-process run, both with the exact hypergradient. The
+  first epoch (2 steps) agrees to 1e-5. The other all-reduce order then drifts a little: after
+  6 steps (2-core CPU, measured 2026-12-04) the metrics differ by <= 3.4e-5, parameters by
+  <= 9e-5 and SGD momentum buffers by up to 0.01 (near-zero entries), so later epochs are
+  compared at 3e-4, the state at 1e-3 and the optimiser buffers not at all. (With fd, whose
+  1/(2ε) amplifies the drift, a later epoch's metric differed by 2.6e-3 on one machine.)"""
   keys = ('train_loss', 'train_synthetic', 'train_kl', 'val_loss', 'val_acc')
   for key in keys:
     np.testing.assert_allclose(single_rows[0][key], multi_rows[0][key], rtol=1e-5, atol=1e-5)
   for a, b in zip(single_rows, multi_rows):
     for key in keys:
-      np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-3)
+      np.testing.assert_allclose(a[key], b[key], rtol=3e-4, atol=3e-4)
   single_results = json.load(open(single_dir / 'results.json'))
   multi_results = json.load(open(multi_dir / 'results.json'))
   for key in ('best_epoch', 'num_steps', 'test_acc'):
