@@ -25,7 +25,7 @@ division, which XLA does not copy into several consumers, so the chain runs once
 buffer; `unfused_cotangent` does the same for the output's gradient only. The divisor is
 x·0 + 1 (exactly 1 for finite x; XLA cannot fold it, and a scalar divisor would become a
 multiplication). Measured (README, Performance): the transposes' summed time about halves;
-wall time per step 2-5 % lower (two cores overlap part of that work); steps bit-identical.
+wall time per step 0-5 % lower (two cores overlap part of that work); steps bit-identical.
 """
 import jax
 import jax.numpy as jnp
