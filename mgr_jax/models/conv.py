@@ -34,9 +34,15 @@ from jax import lax
 MAX_OUTPUT_PIXELS = 16  # 4x4 and smaller: faster as a matrix product on CPU (measured).
 
 
+def _exact_ones(x):
+  """1 wherever x is finite: a divisor XLA can neither fold (x·0 is NaN for inf/NaN x) nor
+  turn into a multiplication, as it would a broadcast scalar."""
+  return x * 0.0 + 1.0
+
+
 def unfused(x):
   """x, computed once into its own buffer by XLA on CPU (module docstring); same values."""
-  return x / lax.stop_gradient(x * 0.0 + 1.0)
+  return x / lax.stop_gradient(_exact_ones(x))
 
 
 @jax.custom_jvp
@@ -48,7 +54,7 @@ def unfused_cotangent(x):
 @unfused_cotangent.defjvp
 def _unfused_cotangent_jvp(primals, tangents):
   (x,), (t,) = primals, tangents
-  return x, t / (x * 0.0 + 1.0)  # Linear in t: transposes to the cotangent / 1.
+  return x, t / _exact_ones(x)  # Linear in t: transposes to the cotangent / 1.
 
 
 def _nhwc_hwio(dimension_numbers) -> bool:
@@ -87,13 +93,11 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     (pt, pb), (pl, pr) = padding
     ho = (lhs.shape[1] + pt + pb - kh) // window_strides[0] + 1
     wo = (lhs.shape[2] + pl + pr - kw) // window_strides[1] + 1
+    lhs = unfused(lhs)
     if ho * wo <= MAX_OUTPUT_PIXELS:
-      return im2col_conv(unfused(lhs), rhs, window_strides, padding)
-    return unfused_cotangent(lax.conv_general_dilated(
-        unfused(lhs), rhs, window_strides, padding, dimension_numbers=dimension_numbers,
-        precision=precision))
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-                                  rhs_dilation=rhs_dilation,
-                                  dimension_numbers=dimension_numbers,
-                                  feature_group_count=feature_group_count, precision=precision,
-                                  **kwargs)
+      return im2col_conv(lhs, rhs, window_strides, padding)
+  out = lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                 rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                 feature_group_count=feature_group_count, precision=precision,
+                                 **kwargs)
+  return unfused_cotangent(out) if plain else out  # Larger maps on CPU: gradient too.
