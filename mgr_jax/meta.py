@@ -5,10 +5,11 @@
 
 Two modes (static):
 
-- ``'exact'``: the exact derivative −η (∂²L_train/∂θ∂φ)ᵀ v with v = ∇_θ' L_val(θ'), as one
-  forward-over-reverse JVP of ∇_φ L_train along v (the derivative 'fd' approximates). Same
-  value as jax.grad through the inner step, at about the cost of 'fd', and no second
-  reverse pass over the inner backward pass.
+- ``'exact'``: the exact derivative −η (∂²L_train/∂θ∂φ)ᵀ v with v = ∇_θ' L_val(θ'), as the
+  forward-over-reverse JVP of ∇_φ L_train along v (the derivative 'fd' approximates), from
+  one linearisation at θ that also yields the inner step's gradient. Same value as jax.grad
+  through the inner step, at the cost of 'fd' (docs/method.md), and no second reverse pass
+  over the inner backward pass.
 - ``'fd'`` (DARTS, Eq. 9 with the perturbation at θ' as derived in DARTS):
   v = ∇_θ' L_val(θ');  ε = r / ||v||₂ (r = 0.01, global norm over the pytree);
   θ± = θ ± ε v;  hypergradient ≈ −η (∇_φ L_train(θ⁺, φ) − ∇_φ L_train(θ⁻, φ)) / (2ε).
@@ -88,13 +89,18 @@ def _axpy(alpha, x: PyTree, y: PyTree) -> PyTree:
   return jax.tree_util.tree_map(lambda a, b: (b + alpha * a).astype(b.dtype), x, y)
 
 
-def _inner_step(train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux):
-  """θ' and the pieces around it. Differentiable w.r.t. φ (used inside jax.grad in 'exact')."""
-  loss_fn = lambda t: _split_aux(train_loss(t, phi), train_has_aux)
-  (loss, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+def _take_inner_step(theta, grad, lr, theta_grad_fixed):
+  """(θ', the full inner gradient): theta_grad_fixed added to grad, then one SGD step."""
   if theta_grad_fixed is not None:
     grad = jax.tree_util.tree_map(lambda g, f: g + f.astype(g.dtype), grad, theta_grad_fixed)
-  theta_prime = _axpy(-lr, grad, theta)
+  return _axpy(-lr, grad, theta), grad
+
+
+def _inner_step(train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux):
+  """θ' and the pieces around it ('fd'; 'exact' takes the gradient from its linearisation)."""
+  loss_fn = lambda t: _split_aux(train_loss(t, phi), train_has_aux)
+  (loss, aux), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+  theta_prime, grad = _take_inner_step(theta, grad, lr, theta_grad_fixed)
   return theta_prime, grad, loss, aux
 
 
@@ -133,21 +139,32 @@ def hypergradient_with_aux(
   if mode not in MODES:
     raise UserError(f'Unknown hypergradient mode {mode!r}; use one of {MODES}.')
 
-  theta_prime, grad, tloss, taux = _inner_step(
-      train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux)
   val_fn = lambda t: _split_aux(val_loss(t), val_has_aux)
-  (vloss, vaux), v = jax.value_and_grad(val_fn, has_aux=True)(theta_prime)
-  phi_grad = lambda t: jax.grad(lambda p: _split_aux(train_loss(t, p), train_has_aux)[0])(phi)
 
   if mode == 'exact':
     # d/dφ L_val(θ − η ∇_θ L_train(θ, φ)) = −η (∂²L_train/∂θ∂φ)ᵀ v, v = ∇L_val(θ'): the
     # directional derivative of ∇_φ L_train along v, taken exactly by forward-over-reverse
-    # (one JVP of a gradient, about the cost of the two gradients of 'fd'), instead of
-    # reverse-over-reverse through the whole inner backward pass.
-    _, mixed = jax.jvp(phi_grad, (theta,), (v,))
+    # instead of reverse-over-reverse through the whole inner backward pass. Linearising
+    # (∇_θ L_train, ∇_φ L_train) at θ gives the inner step's gradient as its primal, and the
+    # JVP along v, evaluated once v is known, reuses that pass's activations and cotangents:
+    # only the tangent passes are new (4 classifier convolutions per layer, as fd's two
+    # φ-gradients, instead of 6 for a JVP that recomputes its primal).
+    def both_grads(t):
+      loss_fn = lambda t_, p_: _split_aux(train_loss(t_, p_), train_has_aux)
+      (loss, aux), grads = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(t, phi)
+      return grads, (loss, aux)
+
+    (grad, _), grads_jvp, (tloss, taux) = jax.linearize(both_grads, theta, has_aux=True)
+    theta_prime, grad = _take_inner_step(theta, grad, lr, theta_grad_fixed)
+    (vloss, vaux), v = jax.value_and_grad(val_fn, has_aux=True)(theta_prime)
+    _, mixed = grads_jvp(v)
     hypergrad = jax.tree_util.tree_map(lambda d: (-lr * d).astype(d.dtype), mixed)
     return MetaResult(hypergrad=hypergrad, val_loss=vloss, val_aux=vaux, train_loss=tloss,
                       train_aux=taux, theta_grad=grad, theta_prime=theta_prime, val_grad=v)
+
+  theta_prime, grad, tloss, taux = _inner_step(
+      train_loss, theta, phi, lr, theta_grad_fixed, train_has_aux)
+  (vloss, vaux), v = jax.value_and_grad(val_fn, has_aux=True)(theta_prime)
 
   # 'fd': the same directional derivative by a central difference (first order only).
   # v = 0 means a zero hypergradient; the floor keeps ε finite so the result is exactly 0.
