@@ -1,0 +1,35 @@
+"""experiments.bench_conv: it finds the classifier's convolutions and times equal math."""
+import collections
+
+import pytest
+
+from configs.digits import get_config
+from experiments.bench_conv import Layer, conv_layers
+
+
+def test_conv_layers_are_resnet18s_twenty_convolutions():
+  config = get_config()  # 16 px, width 0.25, small stem, batch 64.
+  layers = conv_layers(config)
+  assert sum(layers.values()) == 20  # Stem + 8 blocks x 2 + 3 downsampling 1x1.
+  b = config.batch_size
+  stem = Layer((b, 16, 16, 3), 16, (3, 3), (1, 1), ((1, 1), (1, 1)))
+  assert layers[stem] == 1
+  assert layers[Layer((b, 16, 16, 16), 16, (3, 3), (1, 1), ((1, 1), (1, 1)))] == 4
+  assert layers[Layer((b, 2, 2, 128), 128, (3, 3), (1, 1), ((1, 1), (1, 1)))] == 3
+  downsampling = [l for l in layers if l.kernel == (1, 1)]
+  assert [(l.in_shape[1:], l.features, l.stride) for l in sorted(downsampling)] == [
+      ((4, 4, 64), 128, (2, 2)), ((8, 8, 32), 64, (2, 2)), ((16, 16, 16), 32, (2, 2))]
+  per_kernel = collections.Counter((l.kernel, l.stride) for l, n in layers.items()
+                                   for _ in range(n))
+  assert per_kernel == {((3, 3), (1, 1)): 14, ((3, 3), (2, 2)): 3, ((1, 1), (2, 2)): 3}
+
+
+def test_time_layer_checks_both_gradients_against_torch():
+  pytest.importorskip('torch', reason='torch (requirements-test.txt) is not installed')
+  from experiments.bench_conv import time_layer
+  for layer in (Layer((4, 4, 4, 8), 8, (3, 3), (1, 1), ((1, 1), (1, 1))),    # im2col
+                Layer((2, 16, 16, 4), 8, (3, 3), (2, 2), ((1, 1), (1, 1))),  # lax.conv
+                Layer((2, 16, 16, 4), 8, (1, 1), (2, 2), ((0, 0), (0, 0)))):
+    ms, path = time_layer(layer, steps=1, warmup=0)  # Raises if a gradient differs.
+    assert set(ms) == {'lax.conv', 'im2col', 'torch'} and min(ms.values()) > 0
+    assert path == ('im2col' if layer.in_shape[1] == 4 else 'lax.conv')
