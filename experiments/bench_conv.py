@@ -2,7 +2,7 @@
 
   python -m experiments.bench_conv --config=configs/digits.py [--steps=40] [--json]
 
-Why `base` stays slower than PyTorch on a CPU (README, Performance): this times, for every
+Why `base` stays slower than PyTorch on a CPU (docs/performance.md): this times, for every
 distinct convolution of the config's ResNet-18 (found by running the model, so it follows the
 config's width, stem and image size), one forward and both gradients (input and kernel) at
 the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution or

@@ -114,7 +114,7 @@ def test_exact_equals_grad_through_the_inner_step():
 def test_exact_reuses_the_inner_pass(mode, passes):
   """exact's JVP runs on the inner step's own linearisation: L_train is traced once (fd: at θ,
   θ⁺ and θ⁻). A JVP taken after the inner step traced it twice and recomputed the primal
-  pass, which XLA did not always merge (digits step: 1.11-1.17× fd's time, README)."""
+  pass, which XLA did not always merge (digits step: 1.11-1.17× fd's time, docs/performance.md)."""
   theta, phi, data = _problem()
   train_loss, val_loss, _, _ = _losses(data)
   traced = []

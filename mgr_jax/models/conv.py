@@ -24,7 +24,7 @@ producing the output gradient inside the other transpose. Those transposes took 
 division, which XLA does not copy into several consumers, so the chain runs once into a
 buffer; `unfused_cotangent` does the same for the output's gradient only. The divisor is
 x·0 + 1 (exactly 1 for finite x; XLA cannot fold it, and a scalar divisor would become a
-multiplication). Measured (README, Performance): the transposes' summed time about halves;
+multiplication). Measured (docs/performance.md): the transposes' summed time about halves;
 wall time per step 0-5 % lower (two cores overlap part of that work); steps bit-identical.
 """
 import jax
