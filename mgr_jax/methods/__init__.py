@@ -23,8 +23,6 @@ class Method:
   ascent: bool = False  # A finder trained without meta-learning (finder state, no D_val).
   needs_labels: bool = False  # The term uses y_p: needs a conditional generator.
   synthetic_head: bool = False  # gda_mh: a second head ω_p ('fc_p').
-  # XLA's CPU scheduler for the step (mgr_jax/xla_options.py); values are the same with any.
-  cpu_scheduler: str = 'default'
 
   @property
   def finder(self) -> bool:
@@ -46,8 +44,7 @@ def _ascent(objective, **kw):  # Table 7: the classifier trained with PCR, F_φ 
 
 
 METHODS = {
-    # Memory-optimising scheduler: base 8-13 % faster on CPU, the others slower (measured).
-    'base': Method(base_step, uses_generator=False, cpu_scheduler='memory'),
+    'base': Method(base_step, uses_generator=False),
     'gda': _regularized(terms.gda, needs_labels=True),
     'gda_mh': _regularized(terms.gda_multi_head, needs_labels=True, synthetic_head=True),
     'gda_ssl': _regularized(terms.uda),

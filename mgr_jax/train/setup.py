@@ -23,7 +23,6 @@ from mgr_jax.models.classifier import build_model
 from mgr_jax.models.resnet import ResNet18, feature_dim
 from mgr_jax.train.state import (TrainState, create_train_state, lam_schedule, lr_schedule,
                                  make_optimizer)
-from mgr_jax.xla_options import step_compiler_options
 
 
 @dataclasses.dataclass
@@ -53,8 +52,7 @@ class Run:
     return jax.tree.map(put, batch)
 
   def jit_step(self):
-    return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0,
-                   compiler_options=step_compiler_options(self.method.cpu_scheduler))
+    return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0)
 
 
 def generator_dir(config, workdir: str) -> str:
