@@ -101,7 +101,7 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
       if i >= warmup:
         times[name].append(time.perf_counter() - start)
   oh, ow = out_shape[1:3]
-  path = 'im2col' if oh * ow <= conv.MAX_OUTPUT_PIXELS else 'lax.conv'
+  path = 'im2col' if conv.uses_im2col(oh * ow, layer.stride) else 'lax.conv'
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path
 
 

@@ -23,7 +23,7 @@ def _close(a, b, rtol=2e-5):
 
 # (input size, kernel, stride, padding): ResNet-18's small-map layers and a few odd ones.
 CASES = [(2, 3, 1, ((1, 1), (1, 1))), (4, 3, 2, ((1, 1), (1, 1))), (4, 1, 2, 'VALID'),
-         (5, 3, 2, ((0, 1), (1, 0)))]
+         (5, 3, 2, ((0, 1), (1, 0))), (8, 3, 2, ((1, 1), (1, 1)))]
 
 
 @pytest.mark.parametrize('size,k,stride,padding', CASES)
@@ -54,7 +54,14 @@ def test_large_maps_and_other_convolutions_stay_lax_conv():
   x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
   pad = ((1, 1), (1, 1))
   big = jax.make_jaxpr(lambda x: conv.small_map_conv(x, w, (1, 1), pad, dimension_numbers=_DN))(x)
-  assert 'conv_general_dilated' in str(big)  # 64 output pixels > MAX_OUTPUT_PIXELS.
+  assert 'conv_general_dilated' in str(big)  # 64 output pixels: too many for im2col.
+  # 4x4 outputs: XLA's convolution at stride 1, im2col when strided (its input gradient).
+  mid = jax.make_jaxpr(lambda x: conv.small_map_conv(x[:, :4, :4], w, (1, 1), pad,
+                                                     dimension_numbers=_DN))(x)
+  assert 'conv_general_dilated' in str(mid)
+  strided = jax.make_jaxpr(lambda x: conv.small_map_conv(x, w, (2, 2), pad,
+                                                         dimension_numbers=_DN))(x)
+  assert 'conv_general_dilated' not in str(strided) and 'dot_general' in str(strided)
   small = x[:, :2, :2]
   for kwargs in ({'rhs_dilation': (2, 2)}, {'padding': 'SAME'}):
     fn = lambda x: conv.small_map_conv(x, w, (1, 1), **{'padding': pad, 'dimension_numbers': _DN,
@@ -94,7 +101,7 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
 
   def run():
     """(convolutions left in the program, logits, gradients), traced afresh each call (a new
-    function: JAX caches traces per function, and MAX_OUTPUT_PIXELS is read at trace time)."""
+    function: JAX caches traces per function, and uses_im2col is read at trace time)."""
     def loss(params):
       logits, _ = model.apply({**variables, 'params': params}, x, train=True,
                               mutable=['batch_stats'])
@@ -104,10 +111,11 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
     return convs, logits, grads
 
   convs, logits, grads = run()
-  monkeypatch.setattr(conv, 'MAX_OUTPUT_PIXELS', 0)  # Every layer through lax.conv.
+  monkeypatch.setattr(conv, 'uses_im2col', lambda *_: False)  # Every layer through lax.conv.
   convs_ref, logits_ref, grads_ref = run()
-  # Stem and layer1 (8x8) stay convolutions; layer2-4's 15 (with 2 downsamples) do not.
-  assert (convs, convs_ref) == (5, 20)
+  # Stem, layer1 (8x8) and layer2's three stride-1 4x4 convolutions stay convolutions; layer2's
+  # strided ones and layer3-4's (12 with 3 downsamples) do not.
+  assert (convs, convs_ref) == (8, 20)
   _close(logits, logits_ref)
   for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
     _close(g, g_ref, rtol=1e-4)  # Through BN and 8 blocks: rounding compounds a little.

@@ -5,12 +5,17 @@ XLA's CPU convolution is slow on small spatial maps with many channels: ResNet-1
 our 2-core CPU (experiments/profile_step.py), ~10x slower per FLOP than the same layer at
 16x16. For such layers the nine shifted slices of the padded input, concatenated on the
 channel axis, times the [kh·kw·in, out] kernel, compute the same convolution as one dense
-matrix product, whose forward and both gradients XLA runs fast.
+matrix product, whose forward and both gradients XLA runs fast. Which layers: stride-1
+convolutions with outputs of <= 4 pixels (2x2) and strided ones with <= 16 (4x4), whose input
+gradient XLA runs as a slow dilated convolution. Since the materialised operands (below), XLA's
+own convolution is faster for stride-1 outputs of 3x3 and 4x4 in whole steps: base, pcr, gda,
+real_cr and mgr fd 2-9 % faster than with every <= 4x4 output as im2col, no size or width
+slower beyond noise (docs/performance.md, session 14).
 
 `small_map_conv` has `lax.conv_general_dilated`'s signature and is what the ResNet passes to
 `flax.linen.Conv(conv_general_dilated=...)`: parameters, names and initialisation are
 untouched. It takes the matrix-product path only on the CPU backend, for a plain (undilated,
-ungrouped) NHWC/HWIO convolution whose output map has at most `MAX_OUTPUT_PIXELS` pixels;
+ungrouped) NHWC/HWIO convolution whose output map is small enough (`uses_im2col`);
 larger maps on CPU are `lax.conv_general_dilated` with materialised operands (below), and
 everything else (GPU/TPU, other convolutions) is `lax.conv_general_dilated` itself. Values
 differ from XLA's convolution only by float rounding (summation order): ~1e-6 relative.
@@ -31,7 +36,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MAX_OUTPUT_PIXELS = 16  # 4x4 and smaller: faster as a matrix product on CPU (measured).
+MAX_OUTPUT_PIXELS = 4  # Stride 1: 2x2 and smaller as a matrix product (measured, module doc).
+MAX_STRIDED_OUTPUT_PIXELS = 16  # Strided: 4x4 and smaller (XLA's input gradient is slow there).
+
+
+def uses_im2col(output_pixels: int, strides) -> bool:
+  """Whether a plain NHWC/HWIO convolution with this output size runs as im2col on CPU."""
+  strided = any(s != 1 for s in strides)
+  return output_pixels <= (MAX_STRIDED_OUTPUT_PIXELS if strided else MAX_OUTPUT_PIXELS)
 
 
 def _exact_ones(x):
@@ -94,7 +106,7 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     ho = (lhs.shape[1] + pt + pb - kh) // window_strides[0] + 1
     wo = (lhs.shape[2] + pl + pr - kw) // window_strides[1] + 1
     lhs = unfused(lhs)
-    if ho * wo <= MAX_OUTPUT_PIXELS:
+    if uses_im2col(ho * wo, window_strides):
       return im2col_conv(lhs, rhs, window_strides, padding)
   out = lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
