@@ -2,7 +2,13 @@
 import os
 import sys
 
-import jax
+# XLA's backend (LLVM) optimisation level 0 halves compile time, most of this suite's time;
+# tests run a few steps and time nothing. Inherited by the commands the tests start.
+# MGR_JAX_TEST_OPT_LEVEL=3 tests the fully optimised programs instead.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level='
+                           + os.environ.get('MGR_JAX_TEST_OPT_LEVEL', '0')).strip()
+
+import jax  # noqa: E402
 
 # Must run before any JAX computation; single-device code still runs on device 0.
 jax.config.update('jax_num_cpu_devices', 8)
