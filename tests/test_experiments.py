@@ -34,11 +34,10 @@ def _overrides():
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   cache = tmp_path_factory.mktemp('jax_cache')
-  # XLA's backend optimisation level 0 halves compile time (a few steps need no fast code).
+  # XLA_FLAGS (the backend optimisation level) come from conftest.py.
   return dict(os.environ, MGR_JAX_CACHE_DIR=str(cache),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1',
-              XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'))
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 
 
 def _run(env, module, *args, check=True):

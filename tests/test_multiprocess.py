@@ -57,13 +57,12 @@ def _command(workdir, data, gen_dir):
 def _start(command, devices, log, process=None):
   """One process of `devices` CPU devices; `process`: (id, count, port) of a distributed run.
 
-  Compiling dominates: XLA's backend optimisation level 0 roughly halves it (as in
-  test_gan_training; the reference uses the same flags). No persistent compilation cache:
+  Compiling dominates (conftest.py's XLA_FLAGS lower XLA's backend optimisation level; the
+  reference uses the same flags). No persistent compilation cache:
   only process 0 writes it, so on resume process 0 would start its first step while process 1
   still compiles, and Gloo gives up on a peer after 30 s.
   """
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices),
-             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices))
   if process is not None:
     i, count, port = process
     command = command + ['--config.distributed=True', f'--coordinator_address=localhost:{port}',
