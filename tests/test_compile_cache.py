@@ -29,8 +29,7 @@ print(float(metrics['loss']))
 
 def _run(cache_dir):
   # Both processes inherit conftest.py's XLA_FLAGS (they are part of the cache key).
-  env = dict(os.environ)
-  proc = subprocess.run([sys.executable, '-c', _SCRIPT, str(cache_dir)], cwd=REPO, env=env,
+  proc = subprocess.run([sys.executable, '-c', _SCRIPT, str(cache_dir)], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return float(proc.stdout.split()[-1])

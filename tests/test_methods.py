@@ -82,7 +82,7 @@ def test_one_step_changes_what_it_should(one_step_per_method, method):
   # Every updated array is finite: NaN would pass `_changed`, and metrics can be finite while
   # the parameters are not (the digits mgr step compiled at XLA's -O0, docs/performance.md).
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(after)
-             if np.issubdtype(np.asarray(x).dtype, np.floating))
+             if np.issubdtype(x.dtype, np.floating))
   assert int(after.step) == 1
   # The classifier always learns from the real batch: every ψ and ω tensor moves.
   assert all(jax.tree.leaves(_changed(before.params['backbone'], after.params['backbone'])))
