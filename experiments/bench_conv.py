@@ -5,8 +5,8 @@
 Why `base` stays slower than PyTorch on a CPU (docs/performance.md): this times, for every
 distinct convolution of the config's ResNet-18 (found by running the model, so it follows the
 config's width, stem and image size), one forward and both gradients (input and kernel) at
-the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution or
-im2col, jitted alone) and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The two
+the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution,
+with its kernel gradient summed over chunks of 8 images ('chunked'), or im2col, jitted alone) and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The two
 alternate call by call; medians. The totals weight each layer by how often the network has
 it, so they compare the convolution work of one classifier pass (forward + backward) in the
 two frameworks. torch needs requirements-test.txt.
@@ -61,8 +61,9 @@ def conv_layers(config, num_classes: int = 10):
 
 
 def time_layer(layer: Layer, steps: int, warmup: int = 3):
-  """({'lax.conv': ms, 'im2col': ms, 'torch': ms}, the model's path) for one forward + both
-  gradients of `layer`: XLA's convolution, the im2col matrix product, torch's conv2d."""
+  """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, 'torch': ms}, the model's path) for one
+  forward + both gradients of `layer`: XLA's convolution, the same with its kernel gradient
+  summed over batch chunks, the im2col matrix product, torch's conv2d."""
   import torch
   import torch.nn.functional as F
   rng = np.random.default_rng(0)
@@ -72,6 +73,8 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
   convs = {'lax.conv': lambda x, k: lax.conv_general_dilated(
                x, k, layer.stride, layer.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
            'im2col': lambda x, k: conv.im2col_conv(x, k, layer.stride, layer.padding)}
+  parts = conv.kernel_grad_parts(layer.in_shape[0])
+  convs['chunked'] = conv.batch_split_kernel_grad(convs['lax.conv'], parts)
   out_shape = jax.eval_shape(convs['lax.conv'], x, k).shape
   g = rng.standard_normal(out_shape, dtype=np.float32)
   args = tuple(jnp.asarray(a) for a in (x, k, g))
@@ -95,13 +98,15 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
   times = {name: [] for name in steps_}
   order = list(steps_.items())
   for i in range(warmup + steps):
-    for name, fn in order[i % 3:] + order[:i % 3]:  # Rotating, so that load hits all alike.
+    j = i % len(order)
+    for name, fn in order[j:] + order[:j]:  # Rotating, so that load hits all alike.
       start = time.perf_counter()
       fn()
       if i >= warmup:
         times[name].append(time.perf_counter() - start)
   oh, ow = out_shape[1:3]
-  path = 'im2col' if conv.uses_im2col(oh * ow, layer.stride) else 'lax.conv'
+  path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride)
+          else 'chunked' if parts > 1 else 'lax.conv')
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path
 
 
@@ -126,11 +131,12 @@ def main(argv):
         f'({torch.get_num_threads()} threads); forward + input and kernel gradients, '
         f'median ms of {FLAGS.steps}, interleaved')
   print(f'{"input (NHWC)":<16} {"out":>4} {"k":>2} {"s":>2} {"n":>2} {"lax.conv":>9} '
-        f'{"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
+        f'{"chunked":>8} {"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
   for r in rows:
     ms = r['ms']
     print(f'{r["input"]:<16} {r["features"]:>4} {r["kernel"]:>2} {r["stride"]:>2} '
-          f'{r["count"]:>2} {ms["lax.conv"]:>9.3f} {ms["im2col"]:>7.3f} {ms["torch"]:>7.3f} '
+          f'{r["count"]:>2} {ms["lax.conv"]:>9.3f} {ms["chunked"]:>8.3f} {ms["im2col"]:>7.3f} '
+          f'{ms["torch"]:>7.3f} '
           f'{r["path"]:>9} {ms[r["path"]] / ms["torch"]:>12.2f}')
   print(f'all convolutions of one pass, count-weighted, the model\'s paths: ours '
         f'{total["ours"]:.1f} ms, torch {total["torch"]:.1f} ms, ratio '

@@ -1,6 +1,7 @@
 """experiments.bench_conv: it finds the classifier's convolutions and times equal math."""
 import collections
 
+import jax
 import pytest
 
 from configs.digits import get_config
@@ -24,12 +25,15 @@ def test_conv_layers_are_resnet18s_twenty_convolutions():
   assert per_kernel == {((3, 3), (1, 1)): 14, ((3, 3), (2, 2)): 3, ((1, 1), (2, 2)): 3}
 
 
-def test_time_layer_checks_both_gradients_against_torch():
+def test_time_layer_checks_both_gradients_against_torch(monkeypatch):
   pytest.importorskip('torch', reason='torch (requirements-test.txt) is not installed')
   from experiments.bench_conv import time_layer
-  for layer in (Layer((4, 2, 2, 8), 8, (3, 3), (1, 1), ((1, 1), (1, 1))),    # im2col
-                Layer((2, 16, 16, 4), 8, (3, 3), (2, 2), ((1, 1), (1, 1))),  # lax.conv
-                Layer((2, 16, 16, 4), 8, (1, 1), (2, 2), ((0, 0), (0, 0)))):
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices: never chunked.
+  for layer, expected in (
+      (Layer((4, 2, 2, 8), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'im2col'),
+      (Layer((2, 16, 16, 4), 8, (3, 3), (2, 2), ((1, 1), (1, 1))), 'lax.conv'),
+      (Layer((2, 16, 16, 4), 8, (1, 1), (2, 2), ((0, 0), (0, 0))), 'lax.conv'),
+      (Layer((16, 6, 6, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'chunked')):  # 2 x 8 images.
     ms, path = time_layer(layer, steps=1, warmup=0)  # Raises if a gradient differs.
-    assert set(ms) == {'lax.conv', 'im2col', 'torch'} and min(ms.values()) > 0
-    assert path == ('im2col' if layer.in_shape[1] == 2 else 'lax.conv')
+    assert set(ms) == {'lax.conv', 'chunked', 'im2col', 'torch'} and min(ms.values()) > 0
+    assert path == expected

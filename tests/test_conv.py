@@ -94,7 +94,10 @@ def test_unfused_wrappers_are_exact_identities_to_second_order():
 @pytest.mark.slow
 def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
   """Width-0.125 small-stem ResNet-18 at 8 px (stage 2 at 4x4, stages 3-4 at 2x2 and 1x1),
-  train mode: logits and parameter gradients as with XLA's convolution everywhere."""
+  train mode: logits and parameter gradients as with XLA's convolution everywhere, the
+  larger maps' kernel gradients summed over two batch chunks against over the whole batch."""
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_CHUNK', 2)
   model = ResNet18(num_classes=10, width=0.125, small_stem=True)
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
@@ -107,15 +110,59 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
                               mutable=['batch_stats'])
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)]), logits
     convs = str(jax.make_jaxpr(loss)(variables['params'])).count('conv_general_dilated')
-    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
-    return convs, logits, grads
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    grad_convs = str(jax.make_jaxpr(grad_fn)(variables['params'])).count('conv_general_dilated')
+    (_, logits), grads = jax.jit(grad_fn)(variables['params'])
+    return convs, grad_convs, logits, grads
 
-  convs, logits, grads = run()
-  monkeypatch.setattr(conv, 'uses_im2col', lambda *_: False)  # Every layer through lax.conv.
-  convs_ref, logits_ref, grads_ref = run()
+  convs, grad_convs, logits, grads = run()
+  monkeypatch.setattr(conv, 'uses_im2col', lambda *_: False)  # Every layer through lax.conv,
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_CHUNK', 4)  # its kernel gradient unsplit.
+  convs_ref, grad_convs_ref, logits_ref, grads_ref = run()
   # Stem, layer1 (8x8) and layer2's three stride-1 4x4 convolutions stay convolutions; layer2's
   # strided ones and layer3-4's (12 with 3 downsamples) do not.
   assert (convs, convs_ref) == (8, 20)
+  assert grad_convs == grad_convs_ref - 12 * 3 + 8  # Less im2col (12 x 3), plus 8 second chunks.
   _close(logits, logits_ref)
   for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
     _close(g, g_ref, rtol=1e-4)  # Through BN and 8 blocks: rounding compounds a little.
+
+
+def test_kernel_grad_parts_rule(monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
+  assert conv.kernel_grad_parts(64) == 8  # Chunks of 8 images.
+  assert conv.kernel_grad_parts(96) == 12
+  assert conv.kernel_grad_parts(100) == 10  # Equal chunks of >= 8: 10 of 10.
+  assert conv.kernel_grad_parts(15) == 1  # No two equal chunks of >= 8.
+  assert conv.kernel_grad_parts(67) == 1  # Prime: no equal chunks at all.
+  monkeypatch.setattr(jax, 'device_count', lambda: 2)
+  assert conv.kernel_grad_parts(64) == 1  # Never across a batch that may be sharded.
+
+
+def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
+  """A larger-map convolution whose kernel gradient is summed over batch parts: value, both
+  gradients and the forward-over-reverse derivative (meta.py's 'exact') are lax.conv's up
+  to float32 rounding, and the gradient program really has one kernel convolution per part."""
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_CHUNK', 2)  # 8 images: 4 parts of 2.
+  kx, kw, kc, kv = jax.random.split(jax.random.PRNGKey(7), 4)
+  x = jax.random.normal(kx, (8, 6, 6, 4))
+  w = jax.random.normal(kw, (3, 3, 4, 5)) / 6.0
+  c = jax.random.normal(kc, (8, 6, 6, 5))
+  tangent = jax.tree.map(lambda a: jax.random.normal(kv, a.shape), (x, w))
+  pad = ((1, 1), (1, 1))
+  assert conv.kernel_grad_parts(8) == 4
+
+  def derivatives(conv_fn):
+    loss = lambda x, w: jnp.sum(jnp.sin(conv_fn(x, w)) * c)
+    grad = jax.grad(loss, (0, 1))
+    _, hvp = jax.jvp(grad, (x, w), tangent)
+    return conv_fn(x, w), grad(x, w), hvp
+
+  ours = lambda x, w: conv.small_map_conv(x, w, (1, 1), pad, dimension_numbers=_DN)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_DN)
+  for a, b in zip(jax.tree.leaves(jax.jit(lambda: derivatives(ours))()),
+                  jax.tree.leaves(jax.jit(lambda: derivatives(ref))())):
+    _close(a, b)
+  kernel_grad = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(jnp.sin(ours(x, w)) * c)))(w)
+  assert str(kernel_grad).count('conv_general_dilated') == 1 + 4  # Forward + four parts.
