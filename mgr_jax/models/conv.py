@@ -34,8 +34,9 @@ wall time per step 0-5 % lower (two cores overlap part of that work); steps bit-
 
 Kernel gradient in batch chunks (CPU, one device). For the larger maps XLA computes a kernel
 gradient over the whole batch as one convolution (YNNPACK or Eigen) plus two layout transposes;
-summed over chunks of 8 images it is 1.1-2.8x faster per layer (fwd + both gradients, 64
-images: 16x16x16 channels 2.8 -> 2.5 ms, 32x32x16 16.7 -> 8.9, 64x64x16 78.9 -> 47.4).
+summed over chunks of 8 images, forward + both gradients of one layer at 64 images took
+(ms, interleaved) 18.9 -> 12.4 at 32x32x16 channels, 15.1 -> 11.1 at 16x16x32, 77.0 -> 51.1 at
+64x64x16, and the same (3.2, 2.6) at the digits' 16x16x16 and 8x8x32.
 `batch_split_kernel_grad` gives the convolution a custom JVP whose kernel tangent is the
 concatenation of per-chunk convolutions, so reverse mode (its transpose) sums per-chunk kernel
 gradients, and forward-over-reverse (meta.py's exact) stays correct; values and the input
