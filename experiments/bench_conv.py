@@ -6,10 +6,11 @@ Why `base` stays slower than PyTorch on a CPU (docs/performance.md): this times,
 distinct convolution of the config's ResNet-18 (found by running the model, so it follows the
 config's width, stem and image size), one forward and both gradients (input and kernel) at
 the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution,
-with its kernel gradient summed over chunks of 8 images ('chunked'), or im2col, jitted alone) and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The two
-alternate call by call; medians. The totals weight each layer by how often the network has
-it, so they compare the convolution work of one classifier pass (forward + backward) in the
-two frameworks. torch needs requirements-test.txt.
+with its kernel gradient summed over chunks of 8 images ('chunked'), or im2col, jitted alone)
+and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The two alternate call by
+call; medians. The totals weight each layer by how often the network has it, so they compare
+the convolution work of one classifier pass (forward + backward) in the two frameworks. torch
+needs requirements-test.txt.
 """
 import collections
 import json
