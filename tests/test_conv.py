@@ -1,6 +1,8 @@
 """The im2col convolution (mgr_jax/models/conv.py) is lax.conv up to float32 rounding,
 forward and both gradients, alone and inside the ResNet; the materialising wrappers change
 nothing."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,8 @@ from jax import lax
 
 from mgr_jax.models import ResNet18
 from mgr_jax.models import conv
+from mgr_jax.models.classifier import Classifier, build_model
+from mgr_jax.train.setup import build_run
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -166,3 +170,62 @@ def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
     _close(a, b)
   kernel_grad = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(jnp.sin(ours(x, w)) * c)))(w)
   assert str(kernel_grad).count('conv_general_dilated') == 1 + 4  # Forward + four parts.
+
+
+def _ynn_convolutions(hlo_text: str) -> int:
+  """How many of a compiled CPU program's YNNPACK fusions compute a convolution."""
+  bodies, current = {}, None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(' ') and line.rstrip().endswith('{'):
+      current = line.split()[0].lstrip('%')
+      bodies[current] = ''
+    elif current is not None:
+      bodies[current] += line + '\n'
+  calls = [line.split('calls=')[1].split(',')[0].strip().lstrip('%')
+           for line in hlo_text.splitlines() if 'ynn_fusion' in line and 'calls=' in line]
+  return sum(' convolution(' in bodies.get(c, '') for c in calls)
+
+
+def test_compiler_options_move_convolutions_from_ynnpack_to_eigen():
+  """XLA puts a >16-channel convolution into a YNNPACK fusion; compiled with
+  `conv.compiler_options()` it runs outside YNNPACK (Eigen), to float32 rounding the same,
+  forward and both gradients."""
+  assert jax.default_backend() == 'cpu'
+  options = conv.compiler_options()
+  assert options == {conv.YNN_OPTION: conv.CPU_YNN_FUSION_TYPES}
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 8, 8, 32)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 32, 32)) / 17, jnp.float32)
+
+  def loss(x, w):
+    y = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+    return jnp.sum(jnp.tanh(y))
+
+  fn = jax.value_and_grad(loss, argnums=(0, 1))
+  default = jax.jit(fn).lower(x, w).compile()
+  moved = jax.jit(fn, compiler_options=options).lower(x, w).compile()
+  assert _ynn_convolutions(default.as_text()) >= 1  # Else this jaxlib's default changed.
+  assert _ynn_convolutions(moved.as_text()) == 0
+  for a, b in zip(jax.tree.leaves(moved(x, w)), jax.tree.leaves(default(x, w))):
+    _close(a, b)
+
+
+def test_training_step_and_classifier_compile_with_the_options(tiny_config):
+  """The training step and a trained classifier's forward take `compiler_options`: the tiny
+  ResNet's 32- and 64-channel convolutions, in YNNPACK fusions by default, are not."""
+  c = tiny_config
+  c.batch_size = 16
+  run = build_run(c, 10, 1000, None, devices=jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  batch = run.shard_batch({'image': rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+                           'label': rng.integers(0, 10, 16).astype(np.int32)})
+  args = (run.state, batch, jax.random.PRNGKey(0), run.gen_vars)
+  step = functools.partial(run.method.step, ctx=run.ctx)
+  assert _ynn_convolutions(jax.jit(step).lower(*args).compile().as_text()) >= 1
+  assert _ynn_convolutions(run.jit_step().lower(*args).compile().as_text()) == 0
+
+  variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
+  clf = Classifier(build_model(c.model, 10), variables, 16, (0.5,) * 3, (0.25,) * 3,
+                   [str(i) for i in range(10)])
+  x = jnp.zeros((4, 16, 16, 3))
+  assert _ynn_convolutions(clf._logits.lower(variables, x).compile().as_text()) == 0

@@ -10,6 +10,7 @@ import numpy as np
 from mgr_jax import checkpoints
 from mgr_jax.data.transforms import normalize, resize_image, to_uint8
 from mgr_jax.errors import UserError
+from mgr_jax.models import conv
 from mgr_jax.models.resnet import ResNet18
 from mgr_jax.workdir import atomic_write_json, read_json
 
@@ -48,9 +49,11 @@ class Classifier:
     self.model, self.variables = model, variables
     self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
     self.class_names = tuple(class_names)
-    self._logits = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    options = conv.compiler_options()
+    self._logits = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
     self._features = jax.jit(lambda v, x: model.apply(v, x, train=False,
-                                                      method=ResNet18.features))
+                                                      method=ResNet18.features),
+                             compiler_options=options)
 
   def preprocess(self, images01) -> np.ndarray:
     images01 = np.asarray(images01, np.float32)

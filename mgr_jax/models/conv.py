@@ -44,6 +44,16 @@ gradient are the convolution's own. Whole steps, two variants compiled in one pr
 interleaved (docs/performance.md, session 16): base 13 % faster at 32 px and 26 % at 64 px,
 pcr 19 % at 32 px, digits (16 px) steps within noise (0.97-1.03x); updates differ from the
 unsplit step by float rounding (1e-7 relative).
+
+Convolutions on Eigen, not YNNPACK (CPU; `compiler_options`). XLA's CPU backend hands
+convolutions with more than 16 channels to YNNPACK, which ran them on one core of our two:
+a 64x16x16x32 3x3 forward took 3.3 ms on two cores and on one (`taskset`), Eigen's 1.8 ms on
+two, torch's 1.7. Programs that run the classifier are compiled with convolutions left out of
+YNNPACK's fusion types, dot products and reductions kept on it (its sums are the accurate
+ones, docs/performance.md). Whole steps, two programs in one process, interleaved (session 17):
+base 0.86x at 16 px, 0.87x at 24, 0.85x at 32, 0.91x at 64; pcr 0.94x (16 px), 0.95x and 1.02x
+(32 px); mgr fd 0.97x, exact 0.97x. Gradients against float64 are as accurate as with YNNPACK
+(both ~1e-3 relative at 32 px, from float32 ReLU-sign flips), steps differ by float rounding.
 """
 import functools
 
@@ -55,6 +65,27 @@ from jax.custom_derivatives import SymbolicZero
 MAX_OUTPUT_PIXELS = 4  # Stride 1: 2x2 and smaller as a matrix product (measured, module doc).
 MAX_STRIDED_OUTPUT_PIXELS = 16  # Strided: 4x4 and smaller (XLA's input gradient is slow there).
 KERNEL_GRAD_CHUNK = 8  # Larger maps: kernel gradient summed over ~8-image chunks (module doc).
+# XLA's CPU library fusions without convolutions (its default adds INDIVIDUAL_CONVOLUTION).
+CPU_YNN_FUSION_TYPES = 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_option_accepted() -> bool:
+  """Whether this jaxlib knows YNN_OPTION (an experimental option: a later one may not)."""
+  try:
+    jax.jit(lambda x: x + 1).lower(0.0).compile(compiler_options={YNN_OPTION: CPU_YNN_FUSION_TYPES})
+  except Exception:  # XLA raises a plain runtime error for an unknown option.
+    return False
+  return True
+
+
+def compiler_options():
+  """`jax.jit(compiler_options=...)` for programs that run the classifier: on the CPU backend
+  its convolutions go to Eigen, not YNNPACK (module docstring); None elsewhere."""
+  if jax.default_backend() != 'cpu' or not _cpu_option_accepted():
+    return None
+  return {YNN_OPTION: CPU_YNN_FUSION_TYPES}
 
 
 def kernel_grad_parts(batch: int) -> int:

@@ -18,6 +18,7 @@ from mgr_jax import config as config_lib
 from mgr_jax.data import feed as feed_lib
 from mgr_jax.errors import UserError
 from mgr_jax.methods import eval_step
+from mgr_jax.models import conv
 from mgr_jax.models.classifier import (CHECKPOINT_ITEMS, build_model, load_classifier,
                                        write_classifier_info)
 from mgr_jax.train.setup import build_run, obtain_generator
@@ -134,7 +135,8 @@ def _train_and_evaluate(config, workdir: str, on_step=None) -> dict:
     write_jsonl(metrics_path, progress['history'])  # Drops lines of an unsaved epoch.
 
   train_step = run.jit_step()
-  eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx))
+  eval_fn = jax.jit(functools.partial(eval_step, ctx=run.ctx),
+                    compiler_options=conv.compiler_options())
   step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
 
   last_save = time.time()

@@ -19,6 +19,7 @@ from mgr_jax.generators import multimodal
 from mgr_jax.gan.loop import GENERATOR_SUBDIR, TRAINING_SUBDIR, train_generator
 from mgr_jax.methods import (METHODS, ClassifierContext, MetaContext, Method, StepContext,
                              SyntheticContext)
+from mgr_jax.models import conv
 from mgr_jax.models.classifier import build_model
 from mgr_jax.models.resnet import ResNet18, feature_dim
 from mgr_jax.train.state import (TrainState, create_train_state, lam_schedule, lr_schedule,
@@ -52,7 +53,8 @@ class Run:
     return jax.tree.map(put, batch)
 
   def jit_step(self):
-    return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0)
+    return jax.jit(functools.partial(self.method.step, ctx=self.ctx), donate_argnums=0,
+                   compiler_options=conv.compiler_options())
 
 
 def generator_dir(config, workdir: str) -> str:
