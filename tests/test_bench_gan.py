@@ -5,6 +5,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments import bench_gan
 from mgr_jax.gan import loop
+from mgr_jax.models import conv
+from ynn_fusions import ynn_convolutions
 
 # A GAN that compiles in seconds: 8 px, a handful of channels, no augmentation (test_ada.py
 # covers it); R1 every 2 iterations.
@@ -47,3 +49,7 @@ def test_timed_iterations_are_the_loops_step_and_change_g_d_and_g_ema(monkeypatc
     for g, w in zip(got, want):
       np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     assert any(not np.array_equal(np.asarray(g), f) for g, f in zip(got, first)), name
+  # On CPU the loop's step runs its convolutions on Eigen, not YNNPACK (conv.compiler_options;
+  # XLA's default puts six of this tiny GAN's convolutions into YNNPACK fusions).
+  text = ours.step_fn.lower(ours.state, ours.data, ours.rng, r1=False).compile().as_text()
+  assert conv.compiler_options() and ynn_convolutions(text) == 0

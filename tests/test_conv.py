@@ -13,6 +13,7 @@ from mgr_jax.models import ResNet18
 from mgr_jax.models import conv
 from mgr_jax.models.classifier import Classifier, build_model
 from mgr_jax.train.setup import build_run
+from ynn_fusions import ynn_convolutions
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -172,20 +173,6 @@ def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
   assert str(kernel_grad).count('conv_general_dilated') == 1 + 4  # Forward + four parts.
 
 
-def _ynn_convolutions(hlo_text: str) -> int:
-  """How many of a compiled CPU program's YNNPACK fusions compute a convolution."""
-  bodies, current = {}, None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(' ') and line.rstrip().endswith('{'):
-      current = line.split()[0].lstrip('%')
-      bodies[current] = ''
-    elif current is not None:
-      bodies[current] += line + '\n'
-  calls = [line.split('calls=')[1].split(',')[0].strip().lstrip('%')
-           for line in hlo_text.splitlines() if 'ynn_fusion' in line and 'calls=' in line]
-  return sum(' convolution(' in bodies.get(c, '') for c in calls)
-
-
 def test_compiler_options_move_convolutions_from_ynnpack_to_eigen():
   """XLA puts a >16-channel convolution into a YNNPACK fusion; compiled with
   `conv.compiler_options()` it runs outside YNNPACK (Eigen), to float32 rounding the same,
@@ -204,8 +191,8 @@ def test_compiler_options_move_convolutions_from_ynnpack_to_eigen():
   fn = jax.value_and_grad(loss, argnums=(0, 1))
   default = jax.jit(fn).lower(x, w).compile()
   moved = jax.jit(fn, compiler_options=options).lower(x, w).compile()
-  assert _ynn_convolutions(default.as_text()) >= 1  # Else this jaxlib's default changed.
-  assert _ynn_convolutions(moved.as_text()) == 0
+  assert ynn_convolutions(default.as_text()) >= 1  # Else this jaxlib's default changed.
+  assert ynn_convolutions(moved.as_text()) == 0
   for a, b in zip(jax.tree.leaves(moved(x, w)), jax.tree.leaves(default(x, w))):
     _close(a, b)
 
@@ -221,11 +208,11 @@ def test_training_step_and_classifier_compile_with_the_options(tiny_config):
                            'label': rng.integers(0, 10, 16).astype(np.int32)})
   args = (run.state, batch, jax.random.PRNGKey(0), run.gen_vars)
   step = functools.partial(run.method.step, ctx=run.ctx)
-  assert _ynn_convolutions(jax.jit(step).lower(*args).compile().as_text()) >= 1
-  assert _ynn_convolutions(run.jit_step().lower(*args).compile().as_text()) == 0
+  assert ynn_convolutions(jax.jit(step).lower(*args).compile().as_text()) >= 1
+  assert ynn_convolutions(run.jit_step().lower(*args).compile().as_text()) == 0
 
   variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
   clf = Classifier(build_model(c.model, 10), variables, 16, (0.5,) * 3, (0.25,) * 3,
                    [str(i) for i in range(10)])
   x = jnp.zeros((4, 16, 16, 3))
-  assert _ynn_convolutions(clf._logits.lower(variables, x).compile().as_text()) == 0
+  assert ynn_convolutions(clf._logits.lower(variables, x).compile().as_text()) == 0

@@ -238,8 +238,11 @@ def test_sharded_gan_step_equals_single_device():
   assert m1['r1_done'] == 1 and m1['ada_p'] != gcfg.ada_p_init  # Both phases ran.
   for k in m1:
     np.testing.assert_allclose(m1[k], m8[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  # Parameters to 1e-4: Adam divides by sqrt(v) + eps, so a weight whose gradient is of order
+  # eps moves by lr times that gradient's relative rounding (on an AMD EPYC one weight of 576
+  # differed by 2.1e-5 between the two reduction orders, before and after session 17).
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(single), jax.tree.leaves(sharded)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=jax.tree_util.keystr(path))
   # 2.96e7 -> 4.27e6 (0.144): G's style-mixing and noise draws and ADA's parameter draws stay
   # replicated (small), the convolutions are split.
   assert flops[1] <= 1.25 * flops[0] / 8, flops

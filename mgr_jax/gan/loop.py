@@ -37,6 +37,7 @@ from mgr_jax.gan import ada, steps
 from mgr_jax.gan.discriminator import Discriminator
 from mgr_jax.generators import stylegan2
 from mgr_jax.generators.io import CONFIG_FILE, VARIABLES_FILE
+from mgr_jax.models import conv
 from mgr_jax.workdir import (append_jsonl, atomic_write_json, check_config, check_finite,
                              workdir_lock, write_jsonl)
 
@@ -215,9 +216,10 @@ def step_rng(seed: int):
 def jit_train_step(setup, mesh: Mesh):
   """The loop's compiled iteration: `steps.train_step` jitted with the setup and the data mesh
   static and the state donated; call it with `r1=steps.is_r1_step(setup, step)` (two
-  programs; `experiments/bench_gan.py` times this same function)."""
+  programs; `experiments/bench_gan.py` times this same function). On CPU its convolutions
+  run on Eigen, not YNNPACK (`conv.compiler_options`)."""
   return jax.jit(functools.partial(steps.train_step, setup=setup, mesh=mesh), donate_argnums=0,
-                 static_argnames=('r1',))
+                 static_argnames=('r1',), compiler_options=conv.compiler_options())
 
 
 def _row(step, sums, count, r1_sum, r1_count, ada_p, seconds, batch_size):
