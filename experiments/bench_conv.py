@@ -74,9 +74,11 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
   convs = {'lax.conv': lambda x, k: lax.conv_general_dilated(
                x, k, layer.stride, layer.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
            'im2col': lambda x, k: conv.im2col_conv(x, k, layer.stride, layer.padding)}
-  parts = conv.kernel_grad_parts(layer.in_shape[0])
-  convs['chunked'] = conv.batch_split_kernel_grad(convs['lax.conv'], parts)
   out_shape = jax.eval_shape(convs['lax.conv'], x, k).shape
+  oh, ow = out_shape[1:3]
+  parts = conv.kernel_grad_parts(layer.in_shape[0], oh * ow)  # The model's choice, and ...
+  chunks = conv.chunk_count(layer.in_shape[0])  # ... the 'chunked' column at every size.
+  convs['chunked'] = conv.batch_split_kernel_grad(convs['lax.conv'], chunks)
   g = rng.standard_normal(out_shape, dtype=np.float32)
   args = tuple(jnp.asarray(a) for a in (x, k, g))
   xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
@@ -92,7 +94,8 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
   ref = (dx.permute(0, 2, 3, 1).numpy(), dk.permute(2, 3, 1, 0).numpy())  # NHWC, HWIO.
   steps_ = {'torch': torch_step}
   for name, fn in convs.items():
-    ours = jax.jit(lambda x, k, g, fn=fn: jax.vjp(fn, x, k)[1](g))
+    ours = jax.jit(lambda x, k, g, fn=fn: jax.vjp(fn, x, k)[1](g),
+                   compiler_options=conv.compiler_options())  # As the model's programs.
     for a, b in zip(ours(*args), ref):  # Equal math, or the timing means nothing.
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
     steps_[name] = lambda ours=ours: jax.block_until_ready(ours(*args))
@@ -105,7 +108,6 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
       fn()
       if i >= warmup:
         times[name].append(time.perf_counter() - start)
-  oh, ow = out_shape[1:3]
   path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride)
           else 'chunked' if parts > 1 else 'lax.conv')
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path

@@ -6,6 +6,7 @@ import pytest
 
 from configs.digits import get_config
 from experiments.bench_conv import Layer, conv_layers
+from mgr_jax.models import conv
 
 
 def test_conv_layers_are_resnet18s_twenty_convolutions():
@@ -29,11 +30,13 @@ def test_time_layer_checks_both_gradients_against_torch(monkeypatch):
   pytest.importorskip('torch', reason='torch (requirements-test.txt) is not installed')
   from experiments.bench_conv import time_layer
   monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices: never chunked.
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_MIN_PIXELS', 36)  # Chunked from 6x6 outputs up.
   for layer, expected in (
       (Layer((4, 2, 2, 8), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'im2col'),
       (Layer((2, 16, 16, 4), 8, (3, 3), (2, 2), ((1, 1), (1, 1))), 'lax.conv'),
       (Layer((2, 16, 16, 4), 8, (1, 1), (2, 2), ((0, 0), (0, 0))), 'lax.conv'),
-      (Layer((16, 6, 6, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'chunked')):  # 2 x 8 images.
+      (Layer((16, 6, 6, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'chunked'),  # 2 x 8 images.
+      (Layer((16, 4, 4, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'lax.conv')):  # < 6x6.
     ms, path = time_layer(layer, steps=1, warmup=0)  # Raises if a gradient differs.
     assert set(ms) == {'lax.conv', 'chunked', 'im2col', 'torch'} and min(ms.values()) > 0
     assert path == expected

@@ -103,6 +103,7 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
   larger maps' kernel gradients summed over two batch chunks against over the whole batch."""
   monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
   monkeypatch.setattr(conv, 'KERNEL_GRAD_CHUNK', 2)
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_MIN_PIXELS', 0)  # Split even these small maps.
   model = ResNet18(num_classes=10, width=0.125, small_stem=True)
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
   variables = model.init(jax.random.PRNGKey(0), x)
@@ -135,13 +136,16 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
 
 def test_kernel_grad_parts_rule(monkeypatch):
   monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
-  assert conv.kernel_grad_parts(64) == 8  # Chunks of 8 images.
-  assert conv.kernel_grad_parts(96) == 12
-  assert conv.kernel_grad_parts(100) == 10  # Equal chunks of >= 8: 10 of 10.
-  assert conv.kernel_grad_parts(15) == 1  # No two equal chunks of >= 8.
-  assert conv.kernel_grad_parts(67) == 1  # Prime: no equal chunks at all.
+  assert conv.chunk_count(64) == 8  # Chunks of 8 images.
+  assert conv.chunk_count(96) == 12
+  assert conv.chunk_count(100) == 10  # Equal chunks of >= 8: 10 of 10.
+  assert conv.chunk_count(15) == 1  # No two equal chunks of >= 8.
+  assert conv.chunk_count(67) == 1  # Prime: no equal chunks at all.
+  assert conv.kernel_grad_parts(64, 64 * 64) == 8  # Maps of 64x64 outputs and more only.
+  assert conv.kernel_grad_parts(64, 32 * 64) == 1
   monkeypatch.setattr(jax, 'device_count', lambda: 2)
-  assert conv.kernel_grad_parts(64) == 1  # Never across a batch that may be sharded.
+  assert conv.chunk_count(64) == 1  # Never across a batch that may be sharded.
+  assert conv.kernel_grad_parts(64, 64 * 64) == 1
 
 
 def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
@@ -150,13 +154,14 @@ def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
   to float32 rounding, and the gradient program really has one kernel convolution per part."""
   monkeypatch.setattr(jax, 'device_count', lambda: 1)  # conftest's 8 devices turn it off.
   monkeypatch.setattr(conv, 'KERNEL_GRAD_CHUNK', 2)  # 8 images: 4 parts of 2.
+  monkeypatch.setattr(conv, 'KERNEL_GRAD_MIN_PIXELS', 0)  # Even at 6x6.
   kx, kw, kc, kv = jax.random.split(jax.random.PRNGKey(7), 4)
   x = jax.random.normal(kx, (8, 6, 6, 4))
   w = jax.random.normal(kw, (3, 3, 4, 5)) / 6.0
   c = jax.random.normal(kc, (8, 6, 6, 5))
   tangent = jax.tree.map(lambda a: jax.random.normal(kv, a.shape), (x, w))
   pad = ((1, 1), (1, 1))
-  assert conv.kernel_grad_parts(8) == 4
+  assert conv.chunk_count(8) == 4
 
   def derivatives(conv_fn):
     loss = lambda x, w: jnp.sum(jnp.sin(conv_fn(x, w)) * c)

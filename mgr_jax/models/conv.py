@@ -43,7 +43,9 @@ gradients, and forward-over-reverse (meta.py's exact) stays correct; values and 
 gradient are the convolution's own. Whole steps, two variants compiled in one process and
 interleaved (docs/performance.md, session 16): base 13 % faster at 32 px and 26 % at 64 px,
 pcr 19 % at 32 px, digits (16 px) steps within noise (0.97-1.03x); updates differ from the
-unsplit step by float rounding (1e-7 relative).
+unsplit step by float rounding (1e-7 relative). Since the convolutions run on Eigen (next
+paragraph) only maps of >= 64x64 outputs are split (`KERNEL_GRAD_MIN_PIXELS`): unsplit base
+was 0.96-0.99x at 16 px and 0.97-0.98x at 32 px, split 0.975x at 64 px (session 17).
 
 Convolutions on Eigen, not YNNPACK (CPU; `compiler_options`). XLA's CPU backend hands
 convolutions with more than 16 channels to YNNPACK, which ran them on one core of our two (a
@@ -67,6 +69,7 @@ from jax.custom_derivatives import SymbolicZero
 MAX_OUTPUT_PIXELS = 4  # Stride 1: 2x2 and smaller as a matrix product (measured, module doc).
 MAX_STRIDED_OUTPUT_PIXELS = 16  # Strided: 4x4 and smaller (XLA's input gradient is slow there).
 KERNEL_GRAD_CHUNK = 8  # Larger maps: kernel gradient summed over ~8-image chunks (module doc).
+KERNEL_GRAD_MIN_PIXELS = 64 * 64  # ... on maps of >= 64x64 outputs (with Eigen convolutions).
 # XLA's CPU library fusions without convolutions (its default adds INDIVIDUAL_CONVOLUTION).
 CPU_YNN_FUSION_TYPES = 'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
@@ -90,10 +93,16 @@ def compiler_options():
   return {YNN_OPTION: CPU_YNN_FUSION_TYPES}
 
 
-def kernel_grad_parts(batch: int) -> int:
+def kernel_grad_parts(batch: int, output_pixels: int) -> int:
+  """Into how many batch parts a convolution with this batch and output size sums its kernel
+  gradient on CPU (`chunk_count` for maps of >= KERNEL_GRAD_MIN_PIXELS outputs); 1 = no split."""
+  return chunk_count(batch) if output_pixels >= KERNEL_GRAD_MIN_PIXELS else 1
+
+
+def chunk_count(batch: int) -> int:
   """Into how many equal batch parts of >= KERNEL_GRAD_CHUNK images (as few over it as the
-  batch allows) a larger-map convolution's kernel gradient is split on CPU; 1 = no split.
-  Only on one device: slicing a batch sharded over several could reshard it."""
+  batch allows) a kernel gradient is split; 1 = none. Only on one device: slicing a batch
+  sharded over several could reshard it."""
   if jax.device_count() > 1:
     return 1
   parts = batch // KERNEL_GRAD_CHUNK
@@ -176,7 +185,7 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
                            feature_group_count=feature_group_count, precision=precision, **kwargs)
   if not plain:
     return conv(lhs, rhs)
-  parts = kernel_grad_parts(lhs.shape[0])
+  parts = kernel_grad_parts(lhs.shape[0], ho * wo)
   return unfused_cotangent(batch_split_kernel_grad(conv, parts)(lhs, rhs))
 
 
