@@ -202,6 +202,19 @@ def test_compiler_options_move_convolutions_from_ynnpack_to_eigen():
     _close(a, b)
 
 
+def test_compiler_options_fall_back_to_xla_defaults_for_an_unknown_option(monkeypatch):
+  """A jaxlib without the (experimental) option: None, so programs compile with XLA's
+  defaults instead of failing."""
+  monkeypatch.setattr(conv, 'YNN_OPTION', 'xla_cpu_no_such_option_here')
+  conv._cpu_option_accepted.cache_clear()
+  try:
+    assert conv.compiler_options() is None
+  finally:
+    monkeypatch.undo()
+    conv._cpu_option_accepted.cache_clear()
+  assert conv.compiler_options() is not None
+
+
 def test_training_step_and_classifier_compile_with_the_options(tiny_config):
   """The training step and a trained classifier's forward take `compiler_options`: the tiny
   ResNet's 32- and 64-channel convolutions, in YNNPACK fusions by default, are not."""

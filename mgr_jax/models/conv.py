@@ -80,14 +80,14 @@ def _cpu_option_accepted() -> bool:
   """Whether this jaxlib knows YNN_OPTION (an experimental option: a later one may not)."""
   try:
     jax.jit(lambda x: x + 1).lower(0.0).compile(compiler_options={YNN_OPTION: CPU_YNN_FUSION_TYPES})
-  except Exception:  # XLA raises a plain runtime error for an unknown option.
+  except jax.errors.JaxRuntimeError:  # "No such compile option".
     return False
   return True
 
 
 def compiler_options():
-  """`jax.jit(compiler_options=...)` for programs that run the classifier: on the CPU backend
-  its convolutions go to Eigen, not YNNPACK (module docstring); None elsewhere."""
+  """`jax.jit(compiler_options=...)` for the classifier's and the GAN's programs: on the CPU
+  backend their convolutions go to Eigen, not YNNPACK (module docstring); None elsewhere."""
   if jax.default_backend() != 'cpu' or not _cpu_option_accepted():
     return None
   return {YNN_OPTION: CPU_YNN_FUSION_TYPES}
