@@ -7,10 +7,13 @@ distinct convolution of the config's ResNet-18 (found by running the model, so i
 config's width, stem and image size), one forward and both gradients (input and kernel) at
 the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution,
 with its kernel gradient summed over chunks of 8 images ('chunked'), or im2col, jitted alone)
-and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The two alternate call by
-call; medians. The totals weight each layer by how often the network has it, so they compare
-the convolution work of one classifier pass (forward + backward) in the two frameworks. torch
-needs requirements-test.txt.
+and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The paths take turns in
+blocks of consecutive calls (an untimed call first, then `block` timed ones; medians), as in a
+network, where each framework's threads are awake from the previous op: alternating call by
+call made every call pay its thread pool's wake-up, torch's most (session 18: torch's
+64x16x16x16 layer 2.29 ms call by call, 1.73 in blocks; ours 2.59 and 2.31). The totals weight
+each layer by how often the network has it, so they compare the convolution work of one
+classifier pass (forward + backward) in the two frameworks. torch needs requirements-test.txt.
 """
 import collections
 import json
@@ -61,10 +64,11 @@ def conv_layers(config, num_classes: int = 10):
   return dict(found)
 
 
-def time_layer(layer: Layer, steps: int, warmup: int = 3):
+def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = 5):
   """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, 'torch': ms}, the model's path) for one
   forward + both gradients of `layer`: XLA's convolution, the same with its kernel gradient
-  summed over batch chunks, the im2col matrix product, torch's conv2d."""
+  summed over batch chunks, the im2col matrix product, torch's conv2d; `steps` timed calls
+  each (rounded up to whole blocks), in rotating blocks of `block` (module docstring)."""
   import torch
   import torch.nn.functional as F
   rng = np.random.default_rng(0)
@@ -101,13 +105,15 @@ def time_layer(layer: Layer, steps: int, warmup: int = 3):
     steps_[name] = lambda ours=ours: jax.block_until_ready(ours(*args))
   times = {name: [] for name in steps_}
   order = list(steps_.items())
-  for i in range(warmup + steps):
+  for i in range(warmup + -(-steps // block)):
     j = i % len(order)
     for name, fn in order[j:] + order[:j]:  # Rotating, so that load hits all alike.
-      start = time.perf_counter()
-      fn()
-      if i >= warmup:
-        times[name].append(time.perf_counter() - start)
+      fn()  # Wakes this framework's threads; not timed (in a network they are awake).
+      for _ in range(block):
+        start = time.perf_counter()
+        fn()
+        if i >= warmup:
+          times[name].append(time.perf_counter() - start)
   path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride)
           else 'chunked' if parts > 1 else 'lax.conv')
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path
@@ -132,7 +138,7 @@ def main(argv):
     return
   print(f'{device}; jax {jax.__version__}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads); forward + input and kernel gradients, '
-        f'median ms of {FLAGS.steps}, interleaved')
+        f'median ms of {FLAGS.steps}, in blocks of 5 consecutive calls')
   print(f'{"input (NHWC)":<16} {"out":>4} {"k":>2} {"s":>2} {"n":>2} {"lax.conv":>9} '
         f'{"chunked":>8} {"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
   for r in rows:

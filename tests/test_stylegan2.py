@@ -185,3 +185,24 @@ def test_load_errors_are_clear(tmp_path):
     f.write('{"kind": "nonexistent", "kwargs": {}}')
   with pytest.raises(UserError, match="Unknown generator kind 'nonexistent'"):
     generators.load(d)
+
+
+def test_loaded_generator_runs_its_convolutions_on_eigen():
+  """`LoadedGenerator.__call__` compiles with `conv.compiler_options()` on CPU, as the training
+  programs do: none of its convolutions in a YNNPACK fusion (XLA's default puts some there)."""
+  from mgr_jax.models import conv
+  from ynn_fusions import ynn_convolutions
+  kwargs = {'z_dim': 8, 'c_dim': 0, 'w_dim': 8, 'img_resolution': 8, 'img_channels': 3,
+            'mapping_kwargs': {'num_layers': 1},
+            'synthesis_kwargs': {'channel_base': 256, 'channel_max': 32, 'num_fp16_res': 0}}
+  gdef = generators.generator_def('stylegan2', kwargs)
+  gen = generators.LoadedGenerator('stylegan2', gdef, _random_variables(gdef.module))
+  z = jnp.zeros((2, 8))
+  args = (gen.variables, z, None)
+  statics = {'truncation_psi': 1.0, 'noise_mode': 'const'}
+  default = jax.jit(gdef.apply, static_argnames=tuple(statics)).lower(*args, **statics)
+  assert ynn_convolutions(default.compile().as_text()) >= 1  # Else XLA's default changed.
+  assert conv.compiler_options() is not None
+  assert ynn_convolutions(gen._jitted.lower(*args, **statics).compile().as_text()) == 0
+  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(default.compile()(*args)),
+                             atol=1e-5)

@@ -279,7 +279,8 @@ def _train_generator(config, workdir: str, out_dir: str = None) -> str:
   train_step = jit_train_step(setup, mesh)
   rng = step_rng(gcfg.seed)
   grid_z, grid_labels, rows, cols = grid_inputs(setup.G, gcfg.seed)
-  sample_fn = jax.jit(lambda v: stylegan2.generate(setup.G, v, grid_z, grid_labels))
+  sample_fn = jax.jit(lambda v: stylegan2.generate(setup.G, v, grid_z, grid_labels),
+                      compiler_options=conv.compiler_options())
 
   def write_samples(name):
     write_grid(os.path.join(workdir, name), to_uint8_images(sample_fn(state.ema_variables())),
