@@ -86,8 +86,9 @@ def _cpu_option_accepted() -> bool:
 
 
 def compiler_options():
-  """`jax.jit(compiler_options=...)` for the classifier's and the GAN's programs: on the CPU
-  backend their convolutions go to Eigen, not YNNPACK (module docstring); None elsewhere."""
+  """`jax.jit(compiler_options=...)` for the classifier's and the GAN's programs and a loaded
+  generator's sampling: on the CPU backend their convolutions go to Eigen, not YNNPACK (module
+  docstring); None elsewhere."""
   if jax.default_backend() != 'cpu' or not _cpu_option_accepted():
     return None
   return {YNN_OPTION: CPU_YNN_FUSION_TYPES}
