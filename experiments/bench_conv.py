@@ -17,6 +17,7 @@ classifier pass (forward + backward) in the two frameworks. torch needs requirem
 """
 import collections
 import json
+import math
 import statistics
 import time
 
@@ -31,6 +32,7 @@ from ml_collections import config_flags
 from mgr_jax.models import classifier, conv
 
 Layer = collections.namedtuple('Layer', 'in_shape features kernel stride padding')
+BLOCK = 5  # Timed consecutive calls per turn (module docstring).
 
 
 def _pair(strides):
@@ -64,7 +66,7 @@ def conv_layers(config, num_classes: int = 10):
   return dict(found)
 
 
-def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = 5):
+def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = BLOCK):
   """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, 'torch': ms}, the model's path) for one
   forward + both gradients of `layer`: XLA's convolution, the same with its kernel gradient
   summed over batch chunks, the im2col matrix product, torch's conv2d; `steps` timed calls
@@ -105,7 +107,7 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = 5):
     steps_[name] = lambda ours=ours: jax.block_until_ready(ours(*args))
   times = {name: [] for name in steps_}
   order = list(steps_.items())
-  for i in range(warmup + -(-steps // block)):
+  for i in range(warmup + math.ceil(steps / block)):
     j = i % len(order)
     for name, fn in order[j:] + order[:j]:  # Rotating, so that load hits all alike.
       fn()  # Wakes this framework's threads; not timed (in a network they are awake).
@@ -138,7 +140,7 @@ def main(argv):
     return
   print(f'{device}; jax {jax.__version__}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads); forward + input and kernel gradients, '
-        f'median ms of {FLAGS.steps}, in blocks of 5 consecutive calls')
+        f'median ms of {FLAGS.steps}, in blocks of {BLOCK} consecutive calls')
   print(f'{"input (NHWC)":<16} {"out":>4} {"k":>2} {"s":>2} {"n":>2} {"lax.conv":>9} '
         f'{"chunked":>8} {"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
   for r in rows:

@@ -12,6 +12,8 @@ from mgr_jax import generators
 from mgr_jax.errors import UserError
 from mgr_jax.generators import io as gen_io
 from mgr_jax.generators import stylegan2 as sg
+from mgr_jax.models import conv
+from ynn_fusions import ynn_convolutions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(os.path.dirname(REPO), 'shared', 'fixtures', 'stylegan2ada_tiny')
@@ -190,8 +192,6 @@ def test_load_errors_are_clear(tmp_path):
 def test_loaded_generator_runs_its_convolutions_on_eigen():
   """`LoadedGenerator.__call__` compiles with `conv.compiler_options()` on CPU, as the training
   programs do: none of its convolutions in a YNNPACK fusion (XLA's default puts some there)."""
-  from mgr_jax.models import conv
-  from ynn_fusions import ynn_convolutions
   kwargs = {'z_dim': 8, 'c_dim': 0, 'w_dim': 8, 'img_resolution': 8, 'img_channels': 3,
             'mapping_kwargs': {'num_layers': 1},
             'synthesis_kwargs': {'channel_base': 256, 'channel_max': 32, 'num_fp16_res': 0}}
