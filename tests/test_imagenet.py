@@ -57,7 +57,7 @@ def test_imagenet_config_trains_an_epoch_from_a_folder_with_a_converted_biggan(t
        f'--config.generator.checkpoint={generator}',
        *[f'--config.{k}={v}' for k, v in small.items()]],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[:4000] + '\n...\n' + proc.stderr[-2000:]
   assert 'biggan, 10 classes, 32 px' in proc.stdout
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert results['method'] == 'gda' and results['num_epochs'] == 1
