@@ -200,9 +200,8 @@ def test_loaded_generator_runs_its_convolutions_on_eigen():
   z = jnp.zeros((2, 8))
   args = (gen.variables, z, None)
   statics = {'truncation_psi': 1.0, 'noise_mode': 'const'}
-  default = jax.jit(gdef.apply, static_argnames=tuple(statics)).lower(*args, **statics)
-  assert ynn_convolutions(default.compile().as_text()) >= 1  # Else XLA's default changed.
+  default = jax.jit(gdef.apply, static_argnames=tuple(statics)).lower(*args, **statics).compile()
+  assert ynn_convolutions(default.as_text()) >= 1  # Else XLA's default changed.
   assert conv.compiler_options() is not None
   assert ynn_convolutions(gen._jitted.lower(*args, **statics).compile().as_text()) == 0
-  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(default.compile()(*args)),
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(gen(z)), np.asarray(default(*args)), atol=1e-5)
