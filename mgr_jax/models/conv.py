@@ -52,12 +52,12 @@ convolutions with more than 16 channels to YNNPACK, which ran them on one core o
 2-core AMD EPYC): a 64x16x16x32 3x3 forward took 3.3 ms on two cores and on one (`taskset`),
 Eigen's 1.8 ms on two, torch's 1.7. The classifier's training, evaluation and inference
 programs, the GAN's training step and sample grids and a loaded generator's sampling are
-compiled with convolutions left out of YNNPACK's fusion types, dot products and reductions
-kept on it (its sums are the accurate ones, docs/performance.md). Two programs in one process, interleaved (session 17): base 0.86x at 16
-px, 0.87x at 24, 0.85x at 32, 0.91x at 64; pcr 0.94x (16 px), 0.95x and 1.02x (32 px); mgr fd
-0.97x, exact 0.97x; a GAN iteration 0.78x. Gradients against float64 are as accurate as with
-YNNPACK (both ~1e-3 relative at 32 px, from float32 ReLU-sign flips); steps differ by float
-rounding.
+compiled with convolutions left out of YNNPACK's fusion types, dot products and reductions kept
+on it (its sums are the accurate ones, docs/performance.md). Two programs in one process,
+interleaved (session 17): base 0.86x at 16 px, 0.87x at 24, 0.85x at 32, 0.91x at 64; pcr 0.94x
+(16 px), 0.95x and 1.02x (32 px); mgr fd 0.97x, exact 0.97x; a GAN iteration 0.78x. Gradients
+against float64 are as accurate as with YNNPACK (both ~1e-3 relative at 32 px, from float32
+ReLU-sign flips); steps differ by float rounding.
 """
 import functools
 
