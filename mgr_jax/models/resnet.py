@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mgr_jax.models.batchnorm import BatchNorm
 from mgr_jax.models.conv import small_map_conv
 
 # torch BatchNorm2d: eps 1e-5, momentum 0.1 (= Flax momentum 0.9).
@@ -28,8 +29,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name, dtype=self.dtype,
-                                   **_BN_KW)
+    bn = lambda name: BatchNorm(use_running_average=not train, name=name, dtype=self.dtype,
+                                **_BN_KW)
     conv = lambda *a, **k: Conv(*a, use_bias=False, dtype=self.dtype, **k)
     y = conv(self.channels, (3, 3), (self.stride, self.stride), padding=((1, 1), (1, 1)),
              name='conv1')(x)
@@ -62,8 +63,8 @@ class Backbone(nn.Module):
       x = conv(c0, (3, 3), padding=((1, 1), (1, 1)))(x)
     else:
       x = conv(c0, (7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, name='bn1', dtype=self.dtype,
-                             **_BN_KW)(x))
+    x = nn.relu(BatchNorm(use_running_average=not train, name='bn1', dtype=self.dtype,
+                          **_BN_KW)(x))
     if not self.small_stem:
       # torch pads max-pool with -inf on both sides; 'SAME' would pad asymmetrically.
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
