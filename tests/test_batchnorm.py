@@ -97,7 +97,7 @@ def test_gradients_as_accurate_against_float64_as_flaxs():
     assert errors['ours'][k] < 1e-4, (k, errors)
 
 
-@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32, None])
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.dtype('bfloat16'), jnp.float32, None])
 def test_output_dtype_follows_flax(dtype):
   for x in (jnp.ones((2, 3, 3, 4), jnp.bfloat16), jnp.ones((2, 3, 3, 4), jnp.float32)):
     for train in (True, False):

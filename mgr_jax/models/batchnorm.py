@@ -31,7 +31,7 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    out_dtype = self.dtype or x32.dtype
+    out_dtype = x32.dtype if self.dtype is None else self.dtype
     if self.use_running_average:
       a = scale * lax.rsqrt(ra_var.value + self.epsilon)
       return ((x32 - ra_mean.value) * a + bias).astype(out_dtype)
