@@ -29,6 +29,7 @@ from jax import lax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mgr_jax import host_memory
 from mgr_jax.models import classifier, conv
 
 Layer = collections.namedtuple('Layer', 'in_shape features kernel stride padding')
@@ -123,6 +124,7 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = BLOCK):
 
 def main(argv):
   del argv
+  host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   import torch
   config = FLAGS.config
   rows = []

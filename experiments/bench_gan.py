@@ -49,6 +49,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from mgr_jax import host_memory
 from mgr_jax.errors import UserError
 from mgr_jax.gan import ada, loop, steps
 
@@ -355,6 +356,7 @@ def print_table(out) -> None:
 
 def main(argv):
   del argv
+  host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   f = flags.FLAGS
   try:
     run(f.config, f.steps, f.warmup, f.r1_steps, f.official, [int(t) for t in f.torch_threads],

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mgr_jax import generators
+from mgr_jax import generators, host_memory
 from mgr_jax.generators import biggan, stylegan2
 from mgr_jax.methods import METHODS
 from mgr_jax.train.setup import build_run
@@ -146,6 +146,7 @@ def bench(config, method, mode, generator, batch, num_classes=10, steps=20, warm
 
 def main(argv):
   del argv
+  host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   config = FLAGS.config
   num_classes = FLAGS.num_classes
   if FLAGS.torch:

@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.bench_step import VARIANTS, select_variants
+from mgr_jax import host_memory
 from mgr_jax.train.setup import build_run
 
 CHECKED = ('loss', 'synthetic', 'val_loss_inner', 'kl')
@@ -151,6 +152,7 @@ def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json
 
 def main(argv):
   del argv
+  host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   f = flags.FLAGS
   run(f.config, f.steps, f.warmup, f.num_classes, f.json, f.biggan_channel_width,
       [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device, f.variants)

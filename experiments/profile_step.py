@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.bench_step import VARIANTS, random_batch, random_stylegan2
-from mgr_jax import randaugment
+from mgr_jax import host_memory, randaugment
 from mgr_jax.methods import common, steps, views
 from mgr_jax.train.setup import build_run
 
@@ -173,6 +173,7 @@ def profile(config, method, mode, generator, batch, steps_, num_classes=10):
 
 def main(argv):
   del argv
+  host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   config, num_classes = FLAGS.config, FLAGS.num_classes
   batch = random_batch(config, num_classes)
   generator = random_stylegan2(config.generator, num_classes)

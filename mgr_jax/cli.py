@@ -18,15 +18,17 @@ def _config_keys(argv):
 def parse_flags(argv):
   """absl parsing, with a one-paragraph error for a bad --config file, key or value.
 
-  Then turns on JAX's persistent compilation cache (mgr_jax/compile_cache.py): every entry
-  point parses its flags here, before its first compilation.
+  Then turns on JAX's persistent compilation cache (mgr_jax/compile_cache.py) and, on a CPU,
+  the reuse of each step's buffers (mgr_jax/host_memory.py): every entry point parses its
+  flags here, before its first compilation and before JAX starts a backend.
   """
   try:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       flags.FLAGS['config'].value.keys()  # ml_collections defers a config file's load error.
-    from mgr_jax import compile_cache  # After parsing: --help stays fast (no jax import).
+    from mgr_jax import compile_cache, host_memory  # After parsing: --help stays fast.
     compile_cache.enable()
+    host_memory.reuse_step_buffers()
     return rest
   except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
     print(f'Error: {e}. Give each --config.key a value of the type of its default in the '
