@@ -7,6 +7,7 @@ import sys
 
 from absl import app, flags, logging
 
+from mgr_jax import host_memory
 from mgr_jax.errors import UserError
 from mgr_jax.workdir import disk_problem
 
@@ -26,10 +27,8 @@ def parse_flags(argv):
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
       flags.FLAGS['config'].value.keys()  # ml_collections defers a config file's load error.
-    from mgr_jax import compile_cache, host_memory  # After parsing: --help stays fast.
+    from mgr_jax import compile_cache  # After parsing: --help stays fast (no jax import).
     compile_cache.enable()
-    host_memory.reuse_step_buffers()
-    return rest
   except flags.IllegalFlagValueError as e:  # e.g. --config.num_epochs=abc.
     print(f'Error: {e}. Give each --config.key a value of the type of its default in the '
           'config file (see configs/*.py and mgr_jax/config.py:base_config).', file=sys.stderr)
@@ -55,6 +54,8 @@ def parse_flags(argv):
     print(f'Error: {cause}. Pass --config=configs/<name>.py, a Python file with a get_config() '
           'function (see configs/).', file=sys.stderr)
     sys.exit(2)
+  host_memory.reuse_step_buffers()
+  return rest
 
 
 @contextlib.contextmanager

@@ -55,9 +55,10 @@ def reuse_step_buffers() -> bool:
   libc = ctypes.CDLL(None)  # The C library this process runs on.
   if not hasattr(libc, 'gnu_get_libc_version'):  # mallopt's parameters are glibc's.
     return False
-  if not all(libc.mallopt(param, value) == 1
-             for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))):
-    return False
   import jax  # Here: --help and the checks above need no JAX.
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
-  return True
+  try:
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
+  except AttributeError:  # A JAX without the option: then the heap would not get the buffer.
+    return False
+  return all(libc.mallopt(param, value) == 1
+             for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)))

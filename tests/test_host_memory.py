@@ -1,4 +1,4 @@
-"""mgr_jax.host_memory: after the entry points' flag parsing, a program's temporaries stop page-faulting."""
+"""mgr_jax.host_memory: after the entry points' flag parsing, temporaries stop page-faulting."""
 import os
 import subprocess
 import sys
