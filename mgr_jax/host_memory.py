@@ -25,7 +25,6 @@ JAX_PLATFORMS naming another platform, no accelerator plugin installed), before 
 CPU client, and not when ``$MGR_JAX_REUSE_STEP_BUFFERS`` is 0.
 """
 import ctypes
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -38,6 +37,7 @@ NEVER_TRIM = 2**31 - 1  # mallopt takes an int: the largest.
 
 def _accelerator_possible() -> bool:
   """Whether JAX may pick a platform other than the CPU (without starting a backend)."""
+  import importlib.metadata  # Here: ~18 ms that `--help` (mgr_jax.cli imports this) need not pay.
   platforms = os.environ.get('JAX_PLATFORMS', '').strip()
   if platforms:
     return platforms.split(',')[0].strip() != 'cpu'

@@ -32,8 +32,8 @@ print(temp, statistics.median(faults[3:]))
 ''' % (TEMP_MIB // 4)
 
 
-def _faults_per_call(mode, keep):
-  env = dict(os.environ, **{host_memory.ENV: keep})
+def _faults_per_call(mode, reuse):
+  env = dict(os.environ, **{host_memory.ENV: reuse})
   proc = subprocess.run([sys.executable, '-c', _SCRIPT, mode], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,11 +45,11 @@ def _faults_per_call(mode, keep):
                     reason='glibc allocator setting: Linux with JAX on the CPU only')
 def test_entry_points_stop_per_call_page_faults():
   pages = TEMP_MIB * 2**20 / 4096
-  temp, default = _faults_per_call('plain', keep='0')
+  temp, default = _faults_per_call('plain', reuse='0')
   assert temp >= TEMP_MIB * 2**20, temp  # The program does have the large temporary.
   # glibc's default: the buffer is mapped afresh each call, so each of its pages faults.
   assert default > 0.5 * pages, default
-  temp, kept = _faults_per_call('cli', keep='1')
+  temp, kept = _faults_per_call('cli', reuse='1')
   assert kept < 0.05 * pages, (kept, default)
 
 
