@@ -11,7 +11,9 @@ RandAugment, all 14 ops, ported to torch), loads our initial weights into torch,
    RandAugment ops, crops), printing the largest relative difference of the step's losses;
 2. times `--steps` steps of each after `--warmup`, JAX and torch alternating step by step (so
    that load from other processes hits both alike), torch at its default thread count and at
-   1 thread (`--torch_threads`); medians, and the ratio JAX / fastest torch.
+   1 thread (`--torch_threads`); medians, and the ratio JAX / fastest torch with its 95 %
+   bootstrap interval over the interleaved rounds (`ratio_interval`): a ratio whose interval
+   spans 1 is level with torch on this run, not faster or slower.
 JAX's compile time (trace + XLA) is printed too. torch needs requirements-test.txt.
 """
 import json
@@ -22,6 +24,7 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from scipy import stats
 
 from experiments.bench_step import VARIANTS, select_variants
 from mgr_jax import host_memory
@@ -37,6 +40,17 @@ def _batch(config, num_classes):
           'label': rng.integers(0, num_classes, n).astype(np.int32),
           'val_image': rng.integers(0, 256, (nv, size, size, 3), dtype=np.uint8),
           'val_label': rng.integers(0, num_classes, nv).astype(np.int32)}
+
+
+def ratio_interval(jax_s, torch_s, confidence: float = 0.95, seed: int = 0):
+  """(low, high): percentile bootstrap interval of median(jax_s) / median(torch_s), resampling
+  the interleaved rounds in pairs (round i's JAX and torch steps ran side by side, under the
+  same load from the rest of the machine)."""
+  result = stats.bootstrap((np.asarray(jax_s), np.asarray(torch_s)),
+                           lambda a, b, axis: np.median(a, axis) / np.median(b, axis),
+                           paired=True, confidence_level=confidence, method='percentile',
+                           n_resamples=2000, rng=np.random.default_rng(seed))
+  return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
@@ -111,10 +125,13 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
     out[name] = {'jax_s': med['jax'], 'torch_s': {t: med[f'torch{t}'] for t in threads},
                  'torch_best_s': best[0], 'torch_best_threads': best[1],
                  'ratio': med['jax'] / best[0],
+                 'ratio_interval': ratio_interval(times['jax'], times[f'torch{best[1]}']),
                  'trace_s': traced - start, 'compile_s': compiled - traced,
                  'max_rel_loss_diff': max(agreement.values()), 'loss_diffs': agreement}
+    low, high = out[name]['ratio_interval']
     print(f'{name}: JAX {med["jax"]:.4f} s, torch {best[0]:.4f} s, ratio '
-          f'{out[name]["ratio"]:.2f}', file=sys.stderr, flush=True)  # Progress on long runs.
+          f'{out[name]["ratio"]:.2f} ({low:.2f}-{high:.2f})', file=sys.stderr,
+          flush=True)  # Progress on long runs.
   return out, gan_config
 
 
@@ -139,14 +156,16 @@ def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json
         f'{" small stem" if config.model.small_stem else ""}; BigGAN '
         f'{gan["output_dim"]} px, channel_width {gan["channel_width"]}, z {gan["z_dim"]}')
   torch_cols = ''.join(f'{f"torch {t}T s":>11}' for t in threads)
-  print(f'{"step":<10} {"JAX s":>8}{torch_cols} {"JAX/torch":>10} {"JAX compile s":>14} '
-        f'{"loss rel diff":>14}')
+  print(f'{"step":<10} {"JAX s":>8}{torch_cols} {"JAX/torch":>10} {"95 % interval":>14} '
+        f'{"JAX compile s":>14} {"loss rel diff":>14}')
   for name, r in results.items():
     cols = ''.join(f'{r["torch_s"][t]:>11.4f}' for t in threads)
-    print(f'{name:<10} {r["jax_s"]:>8.4f}{cols} {r["ratio"]:>10.2f} '
+    interval = '{:.2f}-{:.2f}'.format(*r['ratio_interval'])
+    print(f'{name:<10} {r["jax_s"]:>8.4f}{cols} {r["ratio"]:>10.2f} {interval:>14} '
           f'{r["trace_s"] + r["compile_s"]:>14.1f} {r["max_rel_loss_diff"]:>14.1e}')
-  print('JAX/torch: against the fastest torch column. loss rel diff: the largest relative '
-        'difference of the first step\'s losses (same weights, batch and draws).')
+  print('JAX/torch: against the fastest torch column, with its 95 % bootstrap interval over '
+        'the interleaved rounds. loss rel diff: the largest relative difference of the first '
+        'step\'s losses (same weights, batch and draws).')
   return results
 
 
