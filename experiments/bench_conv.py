@@ -17,9 +17,7 @@ classifier pass (forward + backward) in the two frameworks. torch needs requirem
 """
 import collections
 import json
-import math
 import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -29,6 +27,7 @@ from jax import lax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import interleave
 from mgr_jax import host_memory
 from mgr_jax.models import classifier, conv
 
@@ -106,17 +105,7 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = BLOCK):
     for a, b in zip(ours(*args), ref):  # Equal math, or the timing means nothing.
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
     steps_[name] = lambda ours=ours: jax.block_until_ready(ours(*args))
-  times = {name: [] for name in steps_}
-  order = list(steps_.items())
-  for i in range(warmup + math.ceil(steps / block)):
-    j = i % len(order)
-    for name, fn in order[j:] + order[:j]:  # Rotating, so that load hits all alike.
-      fn()  # Wakes this framework's threads; not timed (in a network they are awake).
-      for _ in range(block):
-        start = time.perf_counter()
-        fn()
-        if i >= warmup:
-          times[name].append(time.perf_counter() - start)
+  times = interleave.time_in_blocks(steps_, steps, warmup, block)
   path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride)
           else 'chunked' if parts > 1 else 'lax.conv')
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path

@@ -21,6 +21,7 @@ randomly initialised StyleGAN2-ADA of the config's generator architecture stands
 cost as a trained one). The data are random images of the config's shape.
 """
 import json
+import math
 import statistics
 import sys
 import time
@@ -151,8 +152,9 @@ def main(argv):
   num_classes = FLAGS.num_classes
   if FLAGS.torch:
     from experiments import bench_torch  # torch is imported only here.
-    bench_torch.run(config, FLAGS.steps, FLAGS.warmup, num_classes, FLAGS.json,
-                    variants=FLAGS.variants)
+    block = 5  # bench_torch's rounds: one untimed + `block` timed steps of each column.
+    bench_torch.run(config, FLAGS.steps, math.ceil(FLAGS.warmup / (1 + block)), num_classes,
+                    FLAGS.json, variants=FLAGS.variants, block=block)
     return
   if FLAGS.scale == 'paper':
     config, generator, num_classes = paper_scale(config, FLAGS.generator)

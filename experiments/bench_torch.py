@@ -9,11 +9,14 @@ pytorch-pretrained-biggan BigGAN in both frameworks, at the classifier's resolut
 RandAugment, all 14 ops, ported to torch), loads our initial weights into torch, and
 1. checks equal math: one step of each with the same weights, batch and random draws (z, y_p,
    RandAugment ops, crops), printing the largest relative difference of the step's losses;
-2. times `--steps` steps of each after `--warmup`, JAX and torch alternating step by step (so
-   that load from other processes hits both alike), torch at its default thread count and at
-   1 thread (`--torch_threads`); medians, and the ratio JAX / fastest torch with its 95 %
-   bootstrap interval over the interleaved rounds (`ratio_interval`): a ratio whose interval
-   spans 1 is level with torch on this run, not faster or slower.
+2. times `--steps` steps of each after `--warmup` rounds, JAX and torch taking turns (so that
+   load from other processes hits both alike) in blocks of `--block` consecutive steps, each
+   block after an untimed step (`experiments/interleave.py`: a step right after the other
+   framework's pays for the switch, JAX's more than torch's; training runs steps back to
+   back), torch at its default thread count and at 1 thread (`--torch_threads`); medians, and
+   the ratio JAX / fastest torch with its 95 % bootstrap interval over the paired steps of the
+   rounds (`ratio_interval`): a ratio whose interval spans 1 is level with torch on this run,
+   not faster or slower.
 JAX's compile time (trace + XLA) is printed too. torch needs requirements-test.txt.
 """
 import json
@@ -26,6 +29,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
+from experiments import interleave
 from experiments.bench_step import VARIANTS, select_variants
 from mgr_jax import host_memory
 from mgr_jax.train.setup import build_run
@@ -55,7 +59,7 @@ def ratio_interval(jax_s, torch_s, confidence: float = 0.95, seed: int = 0):
 
 def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
             threads=(2, 1), gan_resolution: int = 0, device: str = 'cpu',
-            variants=tuple(v[0] for v in VARIANTS)):
+            variants=tuple(v[0] for v in VARIANTS), block: int = 5):
   """{variant: {...}}: JAX and torch median seconds, compile seconds, loss agreement.
 
   torch is timed at each of `threads` (torch.set_num_threads); the ratio is against the
@@ -100,26 +104,29 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
 
     # 1. Equal math: the first step of both from the same weights and draws.
     state, jm = step(run.state, args[1], rng, run.gen_vars)
+    torch.set_num_threads(min(threads))  # One fixed summation order for the check.
     tm = ref.step(name, tbatch, draws, real01)
     agreement = {k: abs(float(jm[k]) - float(tm[k])) / max(abs(float(jm[k])), 1e-12)
                  for k in CHECKED if k in tm}
 
-    # 2. Timing, interleaved: JAX, then torch at each thread count, rotating the order.
-    runners = ['jax'] + [f'torch{t}' for t in threads]
-    times = {r: [] for r in runners}
-    for i in range(warmup + steps):
-      for which in runners[i % len(runners):] + runners[:i % len(runners)]:
-        if which != 'jax':
-          torch.set_num_threads(int(which[5:]))
-        t0 = time.perf_counter()
-        if which == 'jax':
-          state, jm = step(state, args[1], rng, run.gen_vars)
-          jax.block_until_ready((state, jm))
-        else:
-          ref.step(name, tbatch)
-          sync()
-        if i >= warmup:
-          times[which].append(time.perf_counter() - t0)
+    # 2. Timing: JAX and torch at each thread count in rotating blocks (experiments/interleave.py).
+    def jax_step():
+      nonlocal state, jm
+      state, jm = step(state, args[1], rng, run.gen_vars)
+      jax.block_until_ready((state, jm))
+
+    def torch_step_at(t):
+      def call():
+        ref.step(name, tbatch)
+        sync()
+      return call
+
+    runners = {'jax': jax_step, **{f'torch{t}': torch_step_at(t) for t in threads}}
+    def set_threads(which):
+      if which != 'jax':
+        torch.set_num_threads(int(which[5:]))
+
+    times = interleave.time_in_blocks(runners, steps, warmup, block, before=set_threads)
     med = {r: statistics.median(v) for r, v in times.items()}
     best = min((med[f'torch{t}'], t) for t in threads)
     out[name] = {'jax_s': med['jax'], 'torch_s': {t: med[f'torch{t}'] for t in threads},
@@ -135,13 +142,13 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
   return out, gan_config
 
 
-def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json: bool = False,
+def run(config, steps: int = 20, warmup: int = 1, num_classes: int = 10, as_json: bool = False,
         gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu',
-        variants=tuple(v[0] for v in VARIANTS)):
+        variants=tuple(v[0] for v in VARIANTS), block: int = 5):
   import torch
   threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
   results, gan = compare(config, num_classes, steps, warmup, gan_width, threads,
-                         gan_resolution, device, variants)
+                         gan_resolution, device, variants, block)
   jax_device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
   if as_json:
     print(json.dumps({'results': results, 'device': jax_device, 'torch_device': device,
@@ -149,8 +156,8 @@ def run(config, steps: int = 20, warmup: int = 3, num_classes: int = 10, as_json
     return results
   torch_device = torch.cuda.get_device_name() if device.startswith('cuda') else device
   print(f'JAX on {jax_device}, torch on {torch_device}; jax {jax.__version__}, torch '
-        f'{torch.__version__}; {steps} steps each, interleaved (JAX, torch at each thread '
-        'count, in rotating order)')
+        f'{torch.__version__}; {steps} steps each (rounded up to blocks), in rotating blocks of '
+        f'{block} consecutive steps after an untimed one (JAX, torch at each thread count)')
   print(f'batch {config.batch_size} real + {config.synth.batch_size} synthetic at '
         f'{config.data.image_size} px; ResNet-18 width {config.model.width}'
         f'{" small stem" if config.model.small_stem else ""}; BigGAN '
@@ -174,7 +181,7 @@ def main(argv):
   host_memory.reuse_step_buffers()  # As the entry points run steps (mgr_jax.cli).
   f = flags.FLAGS
   run(f.config, f.steps, f.warmup, f.num_classes, f.json, f.biggan_channel_width,
-      [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device, f.variants)
+      [int(t) for t in f.torch_threads], f.gan_resolution, f.torch_device, f.variants, f.block)
 
 
 if __name__ == '__main__':
@@ -183,7 +190,9 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', 'configs/digits.py', 'Config file.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.DEFINE_integer('steps', 20, 'Timed steps per method and framework.')
-  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('warmup', 1, 'Untimed rounds after compilation (each: 1 + block steps '
+                       'of every column).')
+  flags.DEFINE_integer('block', 5, 'Timed consecutive steps per turn (after an untimed one).')
   flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
   flags.DEFINE_integer('biggan_channel_width', 8, 'BigGAN channel_width (16 x this at 4 px).')
   flags.DEFINE_list('torch_threads', [], 'torch thread counts to time (default: torch\'s '
