@@ -48,8 +48,8 @@ def _batch(config, num_classes):
 
 def ratio_interval(jax_s, torch_s, confidence: float = 0.95, seed: int = 0):
   """(low, high): percentile bootstrap interval of median(jax_s) / median(torch_s), resampling
-  the interleaved rounds in pairs (round i's JAX and torch steps ran side by side, under the
-  same load from the rest of the machine)."""
+  the steps in pairs (JAX's and torch's k-th timed steps ran in the same round, in the same
+  place of their blocks, under about the same load from the rest of the machine)."""
   result = stats.bootstrap((np.asarray(jax_s), np.asarray(torch_s)),
                            lambda a, b, axis: np.median(a, axis) / np.median(b, axis),
                            paired=True, confidence_level=confidence, method='percentile',
@@ -171,7 +171,7 @@ def run(config, steps: int = 20, warmup: int = 1, num_classes: int = 10, as_json
     print(f'{name:<10} {r["jax_s"]:>8.4f}{cols} {r["ratio"]:>10.2f} {interval:>14} '
           f'{r["trace_s"] + r["compile_s"]:>14.1f} {r["max_rel_loss_diff"]:>14.1e}')
   print('JAX/torch: against the fastest torch column, with its 95 % bootstrap interval over '
-        'the interleaved rounds. loss rel diff: the largest relative difference of the first '
+        'the paired steps. loss rel diff: the largest relative difference of the first '
         'step\'s losses (same weights, batch and draws).')
   return results
 
