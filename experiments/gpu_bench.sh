@@ -27,7 +27,7 @@ XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 timeout "${TORCH_TIMEOUT:-330}" \
   --config.model.width=1.0 --config.model.small_stem=False --config.data.image_size=224 \
   --config.batch_size=64 --config.synth.batch_size=64 --config.meta.val_batch_size=64 \
   --config.generator.z_dim=128 --gan_resolution=256 --biggan_channel_width=64 \
-  --num_classes=196 --torch_device=cuda --torch_threads=1 --steps="${STEPS:-10}" --warmup=3 \
+  --num_classes=196 --torch_device=cuda --torch_threads=1 --steps="${STEPS:-10}" --warmup=1 \
   2>&1 | grep -v -i warning | tee "$LOGS/bench_torch.txt"
 timeout "${STYLEGAN_TIMEOUT:-150}" python3 -m experiments.bench_step --scale=paper \
   --generator=stylegan2 --steps="${STEPS:-10}" --warmup=3 2>&1 | grep -v -i warning \
