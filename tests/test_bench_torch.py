@@ -1,5 +1,6 @@
-"""experiments.bench_torch's ratio interval: paired over the interleaved rounds."""
+"""experiments.bench_torch: the ratio interval (paired over the steps) and one tiny comparison."""
 import numpy as np
+import pytest
 
 from experiments.bench_torch import ratio_interval
 
@@ -30,3 +31,23 @@ def test_interval_covers_the_true_ratio_and_narrows_with_rounds():
       width_12 = np.median(widths)
   assert np.median(widths) < width_12 / 2.5
   assert max(highs) < 0.9
+
+
+def test_compare_times_equal_math_in_both_frameworks(tiny_config):
+  """End to end on a tiny base step: the first step's losses agree, and the ratio and its
+  interval come from the timed columns."""
+  torch = pytest.importorskip('torch', reason='torch (requirements-test.txt) is not installed')
+  pytest.importorskip('pytorch_pretrained_biggan', reason='pytorch-pretrained-biggan missing')
+  from experiments.bench_torch import compare
+  threads = torch.get_num_threads()
+  try:
+    out, _ = compare(tiny_config, num_classes=10, steps=4, warmup=0, threads=(1,),
+                     variants=('base',), block=2)
+  finally:
+    torch.set_num_threads(threads)
+  r = out['base']
+  assert r['loss_diffs'] and max(r['loss_diffs'].values()) < 1e-5, r['loss_diffs']
+  assert r['torch_best_threads'] == 1 and r['torch_best_s'] == r['torch_s'][1] > 0
+  assert r['ratio'] == pytest.approx(r['jax_s'] / r['torch_best_s'])
+  low, high = r['ratio_interval']
+  assert 0 < low <= high
