@@ -32,7 +32,6 @@ from mgr_jax import host_memory
 from mgr_jax.models import classifier, conv
 
 Layer = collections.namedtuple('Layer', 'in_shape features kernel stride padding')
-BLOCK = 5  # Timed consecutive calls per turn (module docstring).
 
 
 def _pair(strides):
@@ -66,7 +65,7 @@ def conv_layers(config, num_classes: int = 10):
   return dict(found)
 
 
-def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = BLOCK):
+def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = interleave.BLOCK):
   """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, 'torch': ms}, the model's path) for one
   forward + both gradients of `layer`: XLA's convolution, the same with its kernel gradient
   summed over batch chunks, the im2col matrix product, torch's conv2d; `steps` timed calls
@@ -131,7 +130,7 @@ def main(argv):
     return
   print(f'{device}; jax {jax.__version__}, torch {torch.__version__} '
         f'({torch.get_num_threads()} threads); forward + input and kernel gradients, '
-        f'median ms of {FLAGS.steps}, in blocks of {BLOCK} consecutive calls')
+        f'median ms of {FLAGS.steps}, in blocks of {interleave.BLOCK} consecutive calls')
   print(f'{"input (NHWC)":<16} {"out":>4} {"k":>2} {"s":>2} {"n":>2} {"lax.conv":>9} '
         f'{"chunked":>8} {"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
   for r in rows:

@@ -31,6 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import interleave
 from mgr_jax import generators, host_memory
 from mgr_jax.generators import biggan, stylegan2
 from mgr_jax.methods import METHODS
@@ -152,9 +153,9 @@ def main(argv):
   num_classes = FLAGS.num_classes
   if FLAGS.torch:
     from experiments import bench_torch  # torch is imported only here.
-    block = 5  # bench_torch's rounds: one untimed + `block` timed steps of each column.
-    bench_torch.run(config, FLAGS.steps, math.ceil(FLAGS.warmup / (1 + block)), num_classes,
-                    FLAGS.json, variants=FLAGS.variants, block=block)
+    # bench_torch's warm-up counts rounds of 1 + BLOCK steps of each column.
+    rounds = math.ceil(FLAGS.warmup / (1 + interleave.BLOCK))
+    bench_torch.run(config, FLAGS.steps, rounds, num_classes, FLAGS.json, variants=FLAGS.variants)
     return
   if FLAGS.scale == 'paper':
     config, generator, num_classes = paper_scale(config, FLAGS.generator)

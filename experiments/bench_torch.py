@@ -59,7 +59,7 @@ def ratio_interval(jax_s, torch_s, confidence: float = 0.95, seed: int = 0):
 
 def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 8,
             threads=(2, 1), gan_resolution: int = 0, device: str = 'cpu',
-            variants=tuple(v[0] for v in VARIANTS), block: int = 5):
+            variants=tuple(v[0] for v in VARIANTS), block: int = interleave.BLOCK):
   """{variant: {...}}: JAX and torch median seconds, compile seconds, loss agreement.
 
   torch is timed at each of `threads` (torch.set_num_threads); the ratio is against the
@@ -115,16 +115,16 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
       state, jm = step(state, args[1], rng, run.gen_vars)
       jax.block_until_ready((state, jm))
 
-    def torch_step_at(t):
-      def call():
-        ref.step(name, tbatch)
-        sync()
-      return call
+    def torch_call():  # At the thread count `set_threads` chose for this turn.
+      ref.step(name, tbatch)
+      sync()
 
-    runners = {'jax': jax_step, **{f'torch{t}': torch_step_at(t) for t in threads}}
+    thread_count = {f'torch{t}': t for t in threads}
+    runners = {'jax': jax_step, **{which: torch_call for which in thread_count}}
+
     def set_threads(which):
-      if which != 'jax':
-        torch.set_num_threads(int(which[5:]))
+      if which in thread_count:
+        torch.set_num_threads(thread_count[which])
 
     times = interleave.time_in_blocks(runners, steps, warmup, block, before=set_threads)
     med = {r: statistics.median(v) for r, v in times.items()}
@@ -144,7 +144,7 @@ def compare(config, num_classes: int, steps: int, warmup: int, gan_width: int = 
 
 def run(config, steps: int = 20, warmup: int = 1, num_classes: int = 10, as_json: bool = False,
         gan_width: int = 8, threads=None, gan_resolution: int = 0, device: str = 'cpu',
-        variants=tuple(v[0] for v in VARIANTS), block: int = 5):
+        variants=tuple(v[0] for v in VARIANTS), block: int = interleave.BLOCK):
   import torch
   threads = tuple(threads or sorted({torch.get_num_threads(), 1}, reverse=True))
   results, gan = compare(config, num_classes, steps, warmup, gan_width, threads,
@@ -192,7 +192,8 @@ if __name__ == '__main__':
   flags.DEFINE_integer('steps', 20, 'Timed steps per method and framework.')
   flags.DEFINE_integer('warmup', 1, 'Untimed rounds after compilation (each: 1 + block steps '
                        'of every column).')
-  flags.DEFINE_integer('block', 5, 'Timed consecutive steps per turn (after an untimed one).')
+  flags.DEFINE_integer('block', interleave.BLOCK,
+                       'Timed consecutive steps per turn (after an untimed one).')
   flags.DEFINE_integer('num_classes', 10, 'Classes of the random data.')
   flags.DEFINE_integer('biggan_channel_width', 8, 'BigGAN channel_width (16 x this at 4 px).')
   flags.DEFINE_list('torch_threads', [], 'torch thread counts to time (default: torch\'s '

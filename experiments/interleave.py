@@ -13,8 +13,10 @@ so the timed calls are the ones that follow their own kind.
 import math
 import time
 
+BLOCK = 5  # Timed consecutive calls per turn, the benchmarks' default.
 
-def time_in_blocks(runners, steps: int, warmup: int = 1, block: int = 5, before=None,
+
+def time_in_blocks(runners, steps: int, warmup: int = 1, block: int = BLOCK, before=None,
                    clock=time.perf_counter):
   """{name: [seconds]}: `steps` timed calls of each runner (rounded up to whole blocks).
 
