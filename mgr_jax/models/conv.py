@@ -66,6 +66,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from mgr_jax.models import native_conv
+
 MAX_OUTPUT_PIXELS = 4  # Stride 1: 2x2 and smaller as a matrix product (measured, module doc).
 MAX_STRIDED_OUTPUT_PIXELS = 16  # Strided: 4x4 and smaller (XLA's input gradient is slow there).
 KERNEL_GRAD_CHUNK = 8  # Larger maps: kernel gradient summed over ~8-image chunks (module doc).
@@ -186,6 +188,9 @@ def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
                            feature_group_count=feature_group_count, precision=precision, **kwargs)
   if not plain:
     return conv(lhs, rhs)
+  if native_conv.applies(lhs.shape, rhs.shape, jnp.result_type(lhs, rhs), window_strides,
+                         padding):
+    return unfused_cotangent(native_conv.conv_with_native_kernel_grad(conv)(lhs, rhs))
   parts = kernel_grad_parts(lhs.shape[0], ho * wo)
   return unfused_cotangent(batch_split_kernel_grad(conv, parts)(lhs, rhs))
 
