@@ -2,11 +2,12 @@
 
   python -m experiments.bench_conv --config=configs/digits.py [--steps=40] [--json]
 
-Why `base` stays slower than PyTorch on a CPU (docs/performance.md): this times, for every
+Where `base`'s convolution time goes against PyTorch on a CPU (docs/performance.md): this times, for every
 distinct convolution of the config's ResNet-18 (found by running the model, so it follows the
 config's width, stem and image size), one forward and both gradients (input and kernel) at
 the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution,
-with its kernel gradient summed over chunks of 8 images ('chunked'), or im2col, jitted alone)
+with its kernel gradient summed over chunks of 8 images ('chunked') or by the C++ kernel
+('native'), or im2col, jitted alone)
 and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The paths take turns in
 blocks of consecutive calls (an untimed call first, then `block` timed ones; medians), as in a
 network, where each framework's threads are awake from the previous op: alternating call by
@@ -29,7 +30,7 @@ from ml_collections import config_flags
 
 from experiments import interleave
 from mgr_jax import host_memory
-from mgr_jax.models import classifier, conv
+from mgr_jax.models import classifier, conv, native_conv
 
 Layer = collections.namedtuple('Layer', 'in_shape features kernel stride padding')
 
@@ -66,9 +67,11 @@ def conv_layers(config, num_classes: int = 10):
 
 
 def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = interleave.BLOCK):
-  """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, 'torch': ms}, the model's path) for one
-  forward + both gradients of `layer`: XLA's convolution, the same with its kernel gradient
-  summed over batch chunks, the im2col matrix product, torch's conv2d; `steps` timed calls
+  """({'lax.conv': ms, 'chunked': ms, 'im2col': ms, ['native': ms,] 'torch': ms}, the model's
+  path) for one forward + both gradients of `layer`: XLA's convolution, the same with its kernel
+  gradient summed over batch chunks, the im2col matrix product, the same convolution with the
+  C++ kernel gradient (`mgr_jax/models/native_conv.py`, where it applies), torch's conv2d;
+  `steps` timed calls
   each (rounded up to whole blocks), in rotating blocks of `block` (module docstring)."""
   import torch
   import torch.nn.functional as F
@@ -84,6 +87,9 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = interleav
   parts = conv.kernel_grad_parts(layer.in_shape[0], oh * ow)  # The model's choice, and ...
   chunks = conv.chunk_count(layer.in_shape[0])  # ... the 'chunked' column at every size.
   convs['chunked'] = conv.batch_split_kernel_grad(convs['lax.conv'], chunks)
+  native = native_conv.applies(layer.in_shape, k.shape, jnp.float32, layer.stride, layer.padding)
+  if native:  # The C++ kernel gradient, where the model takes it.
+    convs['native'] = native_conv.conv_with_native_kernel_grad(convs['lax.conv'])
   g = rng.standard_normal(out_shape, dtype=np.float32)
   args = tuple(jnp.asarray(a) for a in (x, k, g))
   xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
@@ -105,7 +111,7 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = interleav
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
     steps_[name] = lambda ours=ours: jax.block_until_ready(ours(*args))
   times = interleave.time_in_blocks(steps_, steps, warmup, block)
-  path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride)
+  path = ('im2col' if conv.uses_im2col(oh * ow, layer.stride) else 'native' if native
           else 'chunked' if parts > 1 else 'lax.conv')
   return {name: 1e3 * statistics.median(t) for name, t in times.items()}, path
 
@@ -132,12 +138,14 @@ def main(argv):
         f'({torch.get_num_threads()} threads); forward + input and kernel gradients, '
         f'median ms of {FLAGS.steps}, in blocks of {interleave.BLOCK} consecutive calls')
   print(f'{"input (NHWC)":<16} {"out":>4} {"k":>2} {"s":>2} {"n":>2} {"lax.conv":>9} '
-        f'{"chunked":>8} {"im2col":>7} {"torch":>7} {"model":>9} {"model/torch":>12}')
+        f'{"chunked":>8} {"im2col":>7} {"native":>7} {"torch":>7} {"model":>9} '
+        f'{"model/torch":>12}')
   for r in rows:
     ms = r['ms']
+    native = f'{ms["native"]:.3f}' if 'native' in ms else '-'
     print(f'{r["input"]:<16} {r["features"]:>4} {r["kernel"]:>2} {r["stride"]:>2} '
           f'{r["count"]:>2} {ms["lax.conv"]:>9.3f} {ms["chunked"]:>8.3f} {ms["im2col"]:>7.3f} '
-          f'{ms["torch"]:>7.3f} '
+          f'{native:>7} {ms["torch"]:>7.3f} '
           f'{r["path"]:>9} {ms[r["path"]] / ms["torch"]:>12.2f}')
   print(f'all convolutions of one pass, count-weighted, the model\'s paths: ours '
         f'{total["ours"]:.1f} ms, torch {total["torch"]:.1f} ms, ratio '

@@ -6,7 +6,7 @@ import pytest
 
 from configs.digits import get_config
 from experiments.bench_conv import Layer, conv_layers
-from mgr_jax.models import conv
+from mgr_jax.models import conv, native_conv
 
 
 def test_conv_layers_are_resnet18s_twenty_convolutions():
@@ -36,7 +36,11 @@ def test_time_layer_checks_both_gradients_against_torch(monkeypatch):
       (Layer((2, 16, 16, 4), 8, (3, 3), (2, 2), ((1, 1), (1, 1))), 'lax.conv'),
       (Layer((2, 16, 16, 4), 8, (1, 1), (2, 2), ((0, 0), (0, 0))), 'lax.conv'),
       (Layer((16, 6, 6, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'chunked'),  # 2 x 8 images.
-      (Layer((16, 4, 4, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'lax.conv')):  # < 6x6.
+      (Layer((16, 4, 4, 4), 8, (3, 3), (1, 1), ((1, 1), (1, 1))), 'lax.conv'),  # < 6x6.
+      (Layer((2, 4, 4, 16), 16, (3, 3), (1, 1), ((1, 1), (1, 1))), 'native')):
+    if expected == 'native' and not native_conv.available():
+      continue  # No C++ compiler here (native_conv warns).
     ms, path = time_layer(layer, steps=1, warmup=0)  # Raises if a gradient differs.
-    assert set(ms) == {'lax.conv', 'chunked', 'im2col', 'torch'} and min(ms.values()) > 0
+    columns = {'lax.conv', 'chunked', 'im2col', 'torch'} | ({'native'} if path == 'native' else set())
+    assert set(ms) == columns and min(ms.values()) > 0
     assert path == expected

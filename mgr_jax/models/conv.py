@@ -47,6 +47,15 @@ unsplit step by float rounding (1e-7 relative). Since the convolutions run on Ei
 paragraph) only maps of >= 64x64 outputs are split (`KERNEL_GRAD_MIN_PIXELS`): unsplit base
 was 0.96-0.99x at 16 px and 0.97-0.98x at 32 px, split 0.975x at 64 px (session 17).
 
+Kernel gradient by a C++ kernel (CPU, one device, float32; session 23). For stride-1 3x3
+convolutions with one pixel of padding and channels that are multiples of 16 (every stride-1
+3x3 layer of a width-0.25 ResNet-18 that is not im2col), the kernel gradient is
+`native_conv.kernel_grad`, which reads each image in place instead of XLA's nine-fold copy:
+64x32x32x16 -> 16 forward + both gradients 4.4 ms against XLA's 8.0 and torch's 7.0 (bench_conv);
+base at 32 px 0.93x torch against 1.13x with XLA's (docs/performance.md). Value and input
+gradient stay XLA's; without a C++ compiler, or with MGR_JAX_NATIVE=off, the layers take the
+paths above.
+
 Convolutions on Eigen, not YNNPACK (CPU; `compiler_options`). XLA's CPU backend hands
 convolutions with more than 16 channels to YNNPACK, which ran them on one core of our two (a
 2-core AMD EPYC): a 64x16x16x32 3x3 forward took 3.3 ms on two cores and on one (`taskset`),
