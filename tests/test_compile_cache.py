@@ -1,13 +1,16 @@
 """The persistent compilation cache: a second process compiles nothing the first compiled."""
 import os
+import shutil
 import subprocess
 import sys
 
 from conftest import REPO
 
-# A tiny `base` run's setup and step, compiled in a fresh process with the cache at argv[1].
-# Threshold 0: every compilation is written, so a second process that writes no new entry
-# had a cache hit for every program it needed.
+# A tiny `base` run's setup and step, compiled in a fresh process (one CPU device) with the
+# cache at argv[1]. Threshold 0: every compilation is written, so a second process that writes
+# no new entry had a cache hit for every program it needed. Width 0.25: layer1's 16-channel
+# convolutions take the C++ kernel gradient (where g++ is), a custom call the loaded
+# executable must find registered.
 _SCRIPT = r'''
 import sys
 import jax, numpy as np
@@ -16,13 +19,15 @@ compile_cache.enable(sys.argv[1], min_compile_seconds=0.0)
 from configs.digits import get_config
 from mgr_jax.train.setup import build_run
 c = get_config()
-c.method, c.model.width, c.batch_size, c.eval_batch_size = 'base', 0.125, 8, 8
+c.method, c.model.width, c.batch_size, c.eval_batch_size = 'base', 0.25, 8, 8
 run = build_run(c, 10, 80)
 rng = np.random.default_rng(0)
 batch = {'image': rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
          'label': np.arange(8, dtype=np.int32)}
-state, metrics = run.jit_step()(run.state, run.shard_batch(batch), jax.random.PRNGKey(0),
-                                run.gen_vars)
+args = (run.state, run.shard_batch(batch), jax.random.PRNGKey(0), run.gen_vars)
+from mgr_jax.models import native_conv
+print(native_conv.TARGET in run.jit_step().lower(*args).as_text())
+state, metrics = run.jit_step()(*args)
 print(float(metrics['loss']))
 '''
 
@@ -32,7 +37,9 @@ def _run(cache_dir):
   proc = subprocess.run([sys.executable, '-c', _SCRIPT, str(cache_dir)], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return float(proc.stdout.split()[-1])
+  native, loss = proc.stdout.split()[-2:]
+  assert native == str(shutil.which(os.environ.get('CXX', 'g++')) is not None), proc.stderr
+  return float(loss)
 
 
 def test_second_process_compiles_nothing_new(tmp_path):
