@@ -2,13 +2,13 @@
 
   python -m experiments.bench_conv --config=configs/digits.py [--steps=40] [--json]
 
-Where `base`'s convolution time goes against PyTorch on a CPU (docs/performance.md): this times, for every
-distinct convolution of the config's ResNet-18 (found by running the model, so it follows the
-config's width, stem and image size), one forward and both gradients (input and kernel) at
-the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's convolution,
-with its kernel gradient summed over chunks of 8 images ('chunked') or by the C++ kernel
-('native'), or im2col, jitted alone)
-and `torch.nn.functional.conv2d` with autograd (oneDNN on a CPU). The paths take turns in
+Where `base`'s convolution time goes against PyTorch on a CPU (docs/performance.md): this
+times, for every distinct convolution of the config's ResNet-18 (found by running the model,
+so it follows the config's width, stem and image size), one forward and both gradients (input
+and kernel) at the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's
+convolution, with its kernel gradient summed over chunks of 8 images ('chunked') or by the C++
+kernel ('native'), or im2col, jitted alone) and `torch.nn.functional.conv2d` with autograd
+(oneDNN on a CPU). The paths take turns in
 blocks of consecutive calls (an untimed call first, then `block` timed ones; medians), as in a
 network, where each framework's threads are awake from the previous op: alternating call by
 call made every call pay its thread pool's wake-up, torch's most (session 18: torch's
