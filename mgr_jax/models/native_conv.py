@@ -106,8 +106,9 @@ def available() -> bool:
                                 platform='cpu')
   except (RuntimeError, OSError) as e:
     warnings.warn(f'The C++ kernel for 3x3 convolution kernel gradients is not available, so '
-                  f'XLA computes them (slower on CPU, same values): {e}. Set {ENV}=off to '
-                  f'silence this.')
+                  f'XLA computes them (slower on CPU, same values): {e}. It is built with $CXX '
+                  f'(default g++) into {_cache_dir()} ($XDG_CACHE_HOME moves it); set {ENV}=off '
+                  f'to silence this.')
     return False
   return True
 
