@@ -33,8 +33,14 @@ def default_dir() -> Optional[str]:
     return None if value.lower() in ('', 'off', '0', 'none') else os.path.expanduser(value)
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return os.path.expanduser(os.environ['JAX_COMPILATION_CACHE_DIR'])
+  return user_cache_dir('jax')
+
+
+def user_cache_dir(name: str) -> str:
+  """``$XDG_CACHE_HOME/mgr_jax/<name>`` (default ``~/.cache/mgr_jax/<name>``): XLA's
+  executables (here) and the C++ kernel's library (`mgr_jax.models.native_conv`)."""
   base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'mgr_jax', 'jax')
+  return os.path.join(base, 'mgr_jax', name)
 
 
 def enable(path: Optional[str] = None,

@@ -35,21 +35,19 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from mgr_jax import compile_cache
+
 ENV = 'MGR_JAX_NATIVE'
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'conv3x3_kernel_grad.cc')
 TARGET = 'mgr_jax_conv3x3_kernel_grad'
 SYMBOL = 'Conv3x3KernelGrad'
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+CACHE_NAME = 'native'  # The library's directory under compile_cache.user_cache_dir.
 CHANNEL_BLOCK = 16  # The kernel's channel counts must be multiples of this.
 
 
 def enabled_by_environment() -> bool:
   return os.environ.get(ENV, '').strip().lower() not in ('off', '0', 'false', 'no')
-
-
-def _cache_dir() -> str:
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'mgr_jax', 'native')
 
 
 def _cpu_description() -> str:
@@ -78,7 +76,7 @@ def build(cache_dir: Optional[str] = None) -> str:
   key = hashlib.sha256(b'\0'.join(
       [source, ' '.join(FLAGS).encode(), version.encode(), _cpu_description().encode(),
        importlib.metadata.version('jaxlib').encode()])).hexdigest()[:16]
-  cache_dir = cache_dir or _cache_dir()
+  cache_dir = cache_dir or compile_cache.user_cache_dir(CACHE_NAME)
   path = os.path.join(cache_dir, f'{TARGET}-{key}.so')
   if os.path.exists(path):
     return path
@@ -107,8 +105,8 @@ def available() -> bool:
   except (RuntimeError, OSError) as e:
     warnings.warn(f'The C++ kernel for 3x3 convolution kernel gradients is not available, so '
                   f'XLA computes them (slower on CPU, same values): {e}. It is built with $CXX '
-                  f'(default g++) into {_cache_dir()} ($XDG_CACHE_HOME moves it); set {ENV}=off '
-                  f'to silence this.')
+                  f'(default g++) into {compile_cache.user_cache_dir(CACHE_NAME)} '
+                  f'($XDG_CACHE_HOME moves it); set {ENV}=off to silence this.')
     return False
   return True
 
