@@ -14,6 +14,7 @@ import jax  # noqa: E402
 # Must run before any JAX computation; single-device code still runs on device 0.
 jax.config.update('jax_num_cpu_devices', 8)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # Tests of minutes of CPU each (multi-process runs, PyTorch parity of a whole step, ablation
@@ -33,6 +34,14 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'slow' in item.keywords:
       item.add_marker(skip)
+
+def assert_close_to_scale(a, b, rtol=2e-5):
+  """Equal to float32 rounding: the largest error small against the values' own scale."""
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape
+  scale = max(np.abs(b).max(), 1e-12)
+  assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared')

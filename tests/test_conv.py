@@ -13,17 +13,10 @@ from mgr_jax.models import ResNet18
 from mgr_jax.models import conv
 from mgr_jax.models.classifier import Classifier, build_model
 from mgr_jax.train.setup import build_run
+from conftest import assert_close_to_scale
 from ynn_fusions import ynn_convolutions
 
 _DN = ('NHWC', 'HWIO', 'NHWC')
-
-
-def _close(a, b, rtol=2e-5):
-  """Equal to float32 rounding: error small against the values' own scale."""
-  a, b = np.asarray(a), np.asarray(b)
-  assert a.shape == b.shape
-  scale = max(np.abs(b).max(), 1e-12)
-  assert np.abs(a - b).max() <= rtol * scale, (np.abs(a - b).max(), scale)
 
 
 # (input size, kernel, stride, padding): ResNet-18's small-map layers and a few odd ones.
@@ -47,9 +40,9 @@ def test_im2col_equals_lax_conv_with_gradients(size, k, stride, padding):
   both = jax.jit(lambda x, w: [jax.value_and_grad(loss, (1, 2), has_aux=True)(fn, x, w)
                                for fn in (ours, ref)])  # One compilation for both.
   ((_, out), grads), ((_, out_ref), grads_ref) = both(x, w)
-  _close(out, out_ref)
-  _close(grads[0], grads_ref[0])
-  _close(grads[1], grads_ref[1])
+  assert_close_to_scale(out, out_ref)
+  assert_close_to_scale(grads[0], grads_ref[0])
+  assert_close_to_scale(grads[1], grads_ref[1])
   # The matrix-product path really ran (on the CPU backend the tests use).
   jaxpr = str(jax.make_jaxpr(ours)(x, w))
   assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
@@ -129,9 +122,9 @@ def test_resnet_with_im2col_equals_lax_conv(monkeypatch):
   # strided ones and layer3-4's (12 with 3 downsamples) do not.
   assert (convs, convs_ref) == (8, 20)
   assert grad_convs == grad_convs_ref - 12 * 3 + 8  # Less im2col (12 x 3), plus 8 second chunks.
-  _close(logits, logits_ref)
+  assert_close_to_scale(logits, logits_ref)
   for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-    _close(g, g_ref, rtol=1e-4)  # Through BN and 8 blocks: rounding compounds a little.
+    assert_close_to_scale(g, g_ref, rtol=1e-4)  # Through BN and 8 blocks: rounding compounds a little.
 
 
 def test_kernel_grad_parts_rule(monkeypatch):
@@ -173,7 +166,7 @@ def test_batch_split_kernel_grad_equals_lax_conv_to_second_order(monkeypatch):
   ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_DN)
   for a, b in zip(jax.tree.leaves(jax.jit(lambda: derivatives(ours))()),
                   jax.tree.leaves(jax.jit(lambda: derivatives(ref))())):
-    _close(a, b)
+    assert_close_to_scale(a, b)
   kernel_grad = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(jnp.sin(ours(x, w)) * c)))(w)
   assert str(kernel_grad).count('conv_general_dilated') == 1 + 4  # Forward + four parts.
 
@@ -199,7 +192,7 @@ def test_compiler_options_move_convolutions_from_ynnpack_to_eigen():
   assert ynn_convolutions(default.as_text()) >= 1  # Else this jaxlib's default changed.
   assert ynn_convolutions(moved.as_text()) == 0
   for a, b in zip(jax.tree.leaves(moved(x, w)), jax.tree.leaves(default(x, w))):
-    _close(a, b)
+    assert_close_to_scale(a, b)
 
 
 def test_compiler_options_fall_back_to_xla_defaults_for_an_unknown_option(monkeypatch):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from conftest import assert_close_to_scale
 from mgr_jax.models import ResNet18
 from mgr_jax.models import conv, native_conv
 
@@ -50,7 +51,7 @@ def test_kernel_grad_equals_float64_reference(one_device, shape):
   ours = np.asarray(jax.jit(native_conv.kernel_grad)(x, dy))
   ref = _reference_kernel_grad(x, dy)
   assert ours.shape == (3, 3, c, co)
-  assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+  assert_close_to_scale(ours, ref, rtol=1e-5)
   # Deterministic: the chunks' partial sums are added in a fixed order.
   np.testing.assert_array_equal(np.asarray(jax.jit(native_conv.kernel_grad)(x, dy)), ours)
 
@@ -75,7 +76,7 @@ def test_small_map_conv_takes_the_kernel_and_equals_lax_conv_to_second_order(one
   ref = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), _PAD, dimension_numbers=_DN)
   for a, b in zip(jax.tree.leaves(jax.jit(lambda: derivatives(ours))()),
                   jax.tree.leaves(jax.jit(lambda: derivatives(ref))())):
-    assert np.abs(np.asarray(a) - b).max() <= 2e-5 * max(np.abs(b).max(), 1e-12)
+    assert_close_to_scale(a, b)
   grad_program = str(jax.make_jaxpr(jax.grad(lambda w: ours(x, w).sum()))(w))
   assert native_conv.TARGET in grad_program
 
@@ -119,7 +120,7 @@ def test_resnet_gradients_with_the_kernel_equal_xla_convolutions(one_device, mon
   calls_ref, grads_ref, hvp_ref = run()
   assert (calls, calls_ref) == (7, 0)
   for a, b in zip(jax.tree.leaves((grads, hvp)), jax.tree.leaves((grads_ref, hvp_ref))):
-    assert np.abs(np.asarray(a) - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-12)
+    assert_close_to_scale(a, b, rtol=1e-4)
 
 
 def test_without_a_compiler_it_warns_and_xla_convolves(monkeypatch, fresh_availability,
