@@ -8,13 +8,13 @@ so it follows the config's width, stem and image size), one forward and both gra
 and kernel) at the training batch: ours as the model runs it (`mgr_jax/models/conv.py`: XLA's
 convolution, with its kernel gradient summed over chunks of 8 images ('chunked') or by the C++
 kernel ('native'), or im2col, jitted alone) and `torch.nn.functional.conv2d` with autograd
-(oneDNN on a CPU). The paths take turns in
-blocks of consecutive calls (an untimed call first, then `block` timed ones; medians), as in a
-network, where each framework's threads are awake from the previous op: alternating call by
-call made every call pay its thread pool's wake-up, torch's most (session 18: torch's
-64x16x16x16 layer 2.29 ms call by call, 1.73 in blocks; ours 2.59 and 2.31). The totals weight
-each layer by how often the network has it, so they compare the convolution work of one
-classifier pass (forward + backward) in the two frameworks. torch needs requirements-test.txt.
+(oneDNN on a CPU). The paths take turns in blocks of consecutive calls (an untimed call
+first, then `block` timed ones; medians), as in a network, where each framework's threads are
+awake from the previous op: alternating call by call made every call pay its thread pool's
+wake-up, torch's most (session 18: torch's 64x16x16x16 layer 2.29 ms call by call, 1.73 in
+blocks; ours 2.59 and 2.31). The totals weight each layer by how often the network has it, so
+they compare the convolution work of one classifier pass (forward + backward) in the two
+frameworks. torch needs requirements-test.txt.
 """
 import collections
 import json
@@ -71,8 +71,8 @@ def time_layer(layer: Layer, steps: int, warmup: int = 1, block: int = interleav
   path) for one forward + both gradients of `layer`: XLA's convolution, the same with its kernel
   gradient summed over batch chunks, the im2col matrix product, the same convolution with the
   C++ kernel gradient (`mgr_jax/models/native_conv.py`, where it applies), torch's conv2d;
-  `steps` timed calls
-  each (rounded up to whole blocks), in rotating blocks of `block` (module docstring)."""
+  `steps` timed calls each (rounded up to whole blocks), in rotating blocks of `block` (module
+  docstring)."""
   import torch
   import torch.nn.functional as F
   rng = np.random.default_rng(0)
